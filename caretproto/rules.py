@@ -1,0 +1,98 @@
+"""
+The caret protocol's rules, once.
+
+This module is the single definition of what a caret server answers: a pure
+function from a state and a received chunk to the new state and the reply
+bytes.  The Twisted server, the client's expectation of a reply and the
+benchmark's verifier all use it.  It imports nothing from Twisted and does no
+I/O; it is not the place for limits, timeouts or flow control.
+
+It works on whole chunks with bytes operations (C{find}, C{translate}): a 64 KiB
+read inside a message costs one C{find} and one C{translate}, never a Python
+loop over its bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+GREETING = b"*"
+"""The one byte a server sends when a client connects."""
+
+MSG_START = b"^"
+"""In WAIT_FOR_MSG, opens a message; inside a message, an ordinary byte."""
+
+MSG_END = b"$"
+"""Closes a message; never answered, and ignored outside a message."""
+
+_SUCCESSOR = bytes(range(1, 256)) + b"\x00"
+
+
+class State(enum.Enum):
+    """The two states of a caret session (PROTOCOL.md, the Mealy machine)."""
+
+    WAIT_FOR_MSG = "WAIT_FOR_MSG"
+    IN_MSG = "IN_MSG"
+
+
+class Step(NamedTuple):
+    """What a server does with one received chunk."""
+
+    state: State
+    """The state after the chunk."""
+    reply: bytes
+    """The bytes to send back, possibly empty."""
+    messages: int
+    """How many messages the chunk ended (C{$} inside a message)."""
+
+
+def reply_to(body: bytes) -> bytes:
+    """
+    The reply to the bytes of a message body: each byte C{b} answered with
+    C{(b + 1) mod 256}.  C{body} must not contain C{$}.
+    """
+    return body.translate(_SUCCESSOR)
+
+
+def feed(state: State, chunk: bytes) -> Step:
+    """
+    Apply the protocol's rules to one received chunk.
+
+    The result depends only on C{state} and C{chunk}: feeding a stream in any
+    cut, carrying the state from chunk to chunk, gives the same replies.
+    """
+    end = len(chunk)
+    pos = 0
+    messages = 0
+    spans: list[tuple[int, int]] = []
+    while pos < end:
+        if state is State.WAIT_FOR_MSG:
+            start = chunk.find(MSG_START, pos)
+            if start < 0:
+                break
+            state = State.IN_MSG
+            pos = start + 1
+        else:
+            stop = chunk.find(MSG_END, pos)
+            if stop < 0:
+                spans.append((pos, end))
+                break
+            if stop > pos:
+                spans.append((pos, stop))
+            messages += 1
+            state = State.WAIT_FOR_MSG
+            pos = stop + 1
+    if not spans:
+        return Step(state, b"", messages)
+    if len(spans) == 1:
+        first, last = spans[0]
+        if first == 0 and last == end:
+            return Step(state, chunk.translate(_SUCCESSOR), messages)
+        return Step(state, chunk[first:last].translate(_SUCCESSOR), messages)
+    # Many messages in one chunk: translate it once and join views of the
+    # answered spans, rather than slicing and translating each message.
+    translated = memoryview(chunk.translate(_SUCCESSOR))
+    return Step(
+        state, b"".join([translated[first:last] for first, last in spans]), messages
+    )

@@ -1,0 +1,91 @@
+"""
+The caret service: listens on endpoints with a L{CaretFactory} and ends
+gracefully.
+
+L{CaretService} is an ordinary L{IService}: it can stand alone under twistd,
+beside other services in a L{MultiService}, or in a C{.tac} file.  It owns the
+listening ports (so that it can stop listening at once on shutdown) and, when
+stopped, lets the sessions in progress end by delivering every reply they owe.
+It knows nothing of the protocol's rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from caretproto.server import CaretFactory
+
+
+class CaretService(Service):
+    """
+    Serve C{factory} on every endpoint in C{endpoints}.
+
+    @ivar ports: the listening ports, once listening.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        endpoints: Sequence[IStreamServerEndpoint],
+        factory: CaretFactory | None = None,
+    ) -> None:
+        self.endpoints = list(endpoints)
+        self.factory = factory if factory is not None else CaretFactory()
+        self.ports: list[IListeningPort] = []
+        self._listening: Deferred[list[IListeningPort]] | None = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen now, so that a port below 1024 can be bound before twistd drops
+        privileges, and so that a failure to listen (address in use, bad
+        certificate) stops the program with its reason.
+        """
+        Service.privilegedStartService(self)
+        self._listen()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self._listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        listening = gatherResults(
+            [endpoint.listen(self.factory) for endpoint in self.endpoints],
+            consumeErrors=True,
+        )
+        failedNow: list[Failure] = []
+        listening.addCallback(self._gotPorts)
+        listening.addErrback(failedNow.append)
+        if failedNow:
+            failedNow[0].value.subFailure.raiseException()  # type: ignore[union-attr]
+        self._listening = listening
+
+    def _gotPorts(self, ports: list[IListeningPort]) -> list[IListeningPort]:
+        self.ports = ports
+        for port in ports:
+            self._log.info("caret listening on {address}", address=str(port.getHost()))
+        return ports
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop listening at once, then end every session: each delivers the
+        replies it owes and closes.  Fires when all are gone.
+        """
+        Service.stopService(self)
+        ports, self.ports = self.ports, []
+        self._listening = None
+        stopped: list[Deferred[Any]] = [
+            maybeDeferred(port.stopListening) for port in ports
+        ]
+        for session in list(self.factory.sessions):
+            session.finish()
+        stopped.append(self.factory.whenIdle())
+        return gatherResults(stopped).addCallback(lambda _: None)

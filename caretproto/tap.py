@@ -1,0 +1,152 @@
+"""
+The C{caret} command of twistd and twist: its options and L{makeService}.
+
+C{twistd -n caret --port 9090} and C{twist caret --port 9090} both come here
+through C{twisted/plugins/caret.py}.  A C{.tac} file or any program may build
+the same service with C{makeService(Options().parseOptions([...]))}.  This
+module turns options into services; it holds no protocol logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.python import usage
+
+from caretproto.server import CaretFactory
+from caretproto.service import CaretService
+
+DEFAULT_PORT = "9090"
+
+DEFAULT_BACKLOG = 4096
+"""
+Room in the listen queue for thousands of clients connecting at once (the
+kernel caps it at C{net.core.somaxconn}).  Twisted's own default, 50, makes
+15,000 simultaneous connects take minutes: the dropped SYNs wait for
+retransmission.
+"""
+
+ENDPOINT_EXAMPLES = (
+    "9090, tcp:9090:interface=127.0.0.1, tcp6:9090, unix:/run/caret.sock, "
+    "ssl:9443:privateKey=key.pem:certKey=cert.pem, haproxy:tcp:9090, "
+    "systemd:domain=INET:index=0"
+)
+
+# Endpoint types that listen themselves and so accept a backlog= argument.
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "haproxy"})
+
+
+def endpointDescription(port: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """
+    The endpoint description that C{--port PORT} means: a bare number is TCP
+    on that port, and a listening endpoint without C{backlog=} gets
+    C{backlog}.
+    """
+    if port.isdigit():
+        return f"tcp:{port}:backlog={backlog}"
+    kind = port.split(":", 1)[0]
+    if kind in _BACKLOG_TYPES and "backlog=" not in port:
+        return f"{port}:backlog={backlog}"
+    return port
+
+
+def positive(
+    name: str, example: str, convert: Callable[[str], float] = int
+) -> Callable[[str], float]:
+    """
+    A coerce function for the option C{--name}: a positive number, or a usage
+    error that names the option and shows C{example}.
+    """
+
+    def check(value: str) -> float:
+        try:
+            number = convert(value)
+        except ValueError:
+            number = -1
+        if not number > 0:
+            raise usage.UsageError(
+                f"--{name} takes a positive number, like --{name} {example}; "
+                f"got {value!r}"
+            )
+        return number
+
+    check.coerceDoc = f"A positive number, like {example}."  # type: ignore[attr-defined]
+    return check
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd caret} / C{twist caret}.
+    """
+
+    synopsis = "[--port ENDPOINT ...] [options]"
+    longdesc = (
+        "Serve the caret protocol: '*' on connect, then every byte inside "
+        "^...$ answered with its successor.  --port takes a Twisted endpoint "
+        "description and may be given several times."
+    )
+    optParameters = [
+        [
+            "backlog",
+            None,
+            DEFAULT_BACKLOG,
+            "Listen queue size for endpoints given without backlog=.",
+            positive("backlog", "4096"),
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["port"] = []
+
+    def opt_port(self, port: str) -> None:
+        """
+        Where to listen: a Twisted endpoint description, or a bare number for
+        TCP on that port.  May be given more than once.  [default: 9090]
+        Examples: 9090, tcp:9090:interface=127.0.0.1, unix:/run/caret.sock,
+        ssl:9443:privateKey=key.pem:certKey=cert.pem, haproxy:tcp:9090,
+        systemd:domain=INET:index=0
+        """
+        if not port.strip():
+            raise usage.UsageError(
+                f"--port needs an endpoint description, like {ENDPOINT_EXAMPLES}"
+            )
+        self["port"].append(port)
+
+    opt_p = opt_port
+
+    def postOptions(self) -> None:
+        if not self["port"]:
+            self["port"] = [DEFAULT_PORT]
+        self["endpoints"] = [
+            _parseEndpoint(endpointDescription(port, self["backlog"]), port)
+            for port in self["port"]
+        ]
+
+
+def _parseEndpoint(description: str, given: str) -> IStreamServerEndpoint:
+    from twisted.internet import endpoints, reactor
+
+    try:
+        return endpoints.serverFromString(reactor, description)
+    except Exception as error:
+        raise usage.UsageError(
+            f"--port {given!r} is not a usable endpoint ({error}); "
+            f"use a port number or a Twisted endpoint description, like "
+            f"{ENDPOINT_EXAMPLES}"
+        ) from None
+
+
+def makeService(options: Mapping[str, Any]) -> IService:
+    """
+    The caret server for parsed C{options}: a L{MultiService} holding a
+    L{CaretService}, named C{caret}, that listens on every C{--port}.
+    """
+    top = MultiService()
+    caret = CaretService(options["endpoints"], CaretFactory())
+    caret.setName("caret")
+    caret.setServiceParent(top)
+    return top
