@@ -15,8 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -41,6 +45,7 @@ class CaretService(Service):
         self.factory = factory if factory is not None else CaretFactory()
         self.ports: list[IListeningPort] = []
         self._listening: Deferred[list[IListeningPort]] | None = None
+        self._acceptPausedFor: set[str] = set()
 
     def privilegedStartService(self) -> None:
         """
@@ -72,7 +77,33 @@ class CaretService(Service):
         self.ports = ports
         for port in ports:
             self._log.info("caret listening on {address}", address=str(port.getHost()))
+            if self._acceptPausedFor:
+                _acceptor(port).stopReading()
         return ports
+
+    def pauseAccepting(self, reason: str) -> None:
+        """
+        Stop accepting connections, for C{reason}, without closing the
+        listening ports: new clients wait in the listen backlog, as they do
+        for a sequential server.  Accepting resumes when every reason given
+        here has been withdrawn with L{resumeAccepting}.
+        """
+        if not self._acceptPausedFor:
+            for port in self.ports:
+                _acceptor(port).stopReading()
+        self._acceptPausedFor.add(reason)
+
+    def resumeAccepting(self, reason: str) -> None:
+        """Withdraw C{reason} for not accepting; accept again if none is left."""
+        self._acceptPausedFor.discard(reason)
+        if not self._acceptPausedFor and self.running:
+            for port in self.ports:
+                _acceptor(port).startReading()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the ports accept new connections now."""
+        return not self._acceptPausedFor
 
     def stopService(self) -> Deferred[None]:
         """
@@ -89,3 +120,14 @@ class CaretService(Service):
             session.finish()
         stopped.append(self.factory.whenIdle())
         return gatherResults(stopped).addCallback(lambda _: None)
+
+
+def _acceptor(port: IListeningPort) -> FileDescriptor:
+    """
+    The listening socket behind C{port}, as the reactor sees it.  Every
+    stream endpoint Twisted ships (tcp, unix, ssl, haproxy, systemd) listens
+    with a port that is its own file descriptor; reading from it is accepting.
+    """
+    if not isinstance(port, FileDescriptor):
+        raise TypeError(f"cannot pause accepting on {port!r}")
+    return port
