@@ -24,7 +24,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from caretproto.server import CaretFactory
+from caretproto.server import CaretFactory, describe_address
 
 
 class CaretService(Service):
@@ -76,7 +76,9 @@ class CaretService(Service):
     def _gotPorts(self, ports: list[IListeningPort]) -> list[IListeningPort]:
         self.ports = ports
         for port in ports:
-            self._log.info("caret listening on {address}", address=str(port.getHost()))
+            self._log.info(
+                "caret listening on {address}", address=describe_address(port.getHost())
+            )
             if self._acceptPausedFor:
                 _acceptor(port).stopReading()
         return ports

@@ -1,0 +1,15 @@
+# Run with: twistd -ny examples/caret-and-web.tac
+# caret on port 9090 and a small web site on port 8080, in one process.
+from twisted.application import service, strports
+from twisted.web import server, static
+
+from caretproto import tap
+
+application = service.Application("caret and web")
+
+caretOptions = tap.Options()
+caretOptions.parseOptions(["--port", "tcp:0:interface=127.0.0.1"])
+tap.makeService(caretOptions).setServiceParent(application)
+
+site = server.Site(static.Data(b"caret is on port 9090\n", "text/plain"))
+strports.service("unix:tests.test_twistd/TacTests/test_the_example_tac_serves_care/5rnfcfoh/temp.sock", site).setServiceParent(application)

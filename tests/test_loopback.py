@@ -1,0 +1,101 @@
+"""
+The service from L{caretproto.tap.makeService} on a real loopback socket: many
+concurrent clients with their own random streams, half-close, and a client
+that resets mid-message.  These are the tests whose subject is the network.
+"""
+
+from __future__ import annotations
+
+import random
+from itertools import pairwise
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from caretproto import tap
+from caretproto.service import CaretService
+from tests.model import reference_replies
+from tests.rawclient import RawClient, connect
+
+
+def randomStream(seed: int) -> tuple[bytes, list[bytes]]:
+    """A random caret stream from C{seed}, and the reads to send it in."""
+    rng = random.Random(seed)
+    pieces = [
+        rng.choice(
+            [b"^", b"$", b"\xff", bytes([rng.randrange(256)]) * rng.randrange(1, 50)]
+        )
+        for _ in range(rng.randrange(1, 60))
+    ]
+    stream = b"".join(pieces)
+    cuts = sorted(rng.randrange(len(stream) + 1) for _ in range(rng.randrange(6)))
+    bounds = [0, *cuts, len(stream)]
+    return stream, [stream[a:b] for a, b in pairwise(bounds)]
+
+
+class LoopbackTests(TestCase):
+    def setUp(self) -> Deferred[None] | None:
+        options = tap.Options()
+        options.parseOptions(["--port", "tcp:0:interface=127.0.0.1"])
+        self.top = tap.makeService(options)
+        self.top.startService()
+        caret = self.top.getServiceNamed("caret")  # type: ignore[attr-defined]
+        assert isinstance(caret, CaretService)
+        self.caret = caret
+        self.port = caret.ports[0].getHost().port  # type: ignore[attr-defined]
+        return None
+
+    def tearDown(self) -> Deferred[None]:
+        return self.top.stopService()  # type: ignore[return-value]
+
+    def connect(self) -> Deferred[RawClient]:
+        return connect(f"tcp:127.0.0.1:{self.port}")
+
+    @inlineCallbacks
+    def session(self, seed: int) -> Any:
+        """One client: its stream in random reads, then half-close."""
+        stream, reads = randomStream(seed)
+        client = yield self.connect()
+        yield client.sendInReads(reads)
+        client.transport.loseWriteConnection()
+        received = yield client.done
+        return received, b"*" + reference_replies(stream)
+
+    @inlineCallbacks
+    def test_many_concurrent_clients_each_get_exactly_their_replies(self) -> Any:
+        results = yield gatherResults([self.session(seed) for seed in range(200)])
+        for received, expected in results:
+            self.assertEqual(received, expected)
+
+    @inlineCallbacks
+    def test_half_close_inside_a_message_still_delivers_every_reply(self) -> Any:
+        client = yield self.connect()
+        client.transport.write(b"^" + b"a" * 300_000)
+        client.transport.loseWriteConnection()
+        received = yield client.done
+        self.assertEqual(received, b"*" + b"b" * 300_000)
+
+    @inlineCallbacks
+    def test_a_client_reset_mid_message_leaves_the_others_unharmed(self) -> Any:
+        others = [self.session(seed) for seed in range(20)]
+        victim = yield self.connect()
+        victim.transport.write(b"^abc" * 1000)
+        yield deferLater(reactor, 0.01, lambda: None)
+        victim.transport.abortConnection()
+        results = yield gatherResults(others)
+        for received, expected in results:
+            self.assertEqual(received, expected)
+        yield self.caret.factory.whenIdle()
+
+    @inlineCallbacks
+    def test_stopping_the_service_stops_listening_and_ends_sessions(self) -> Any:
+        client = yield self.connect()
+        client.transport.write(b"^abc")
+        yield deferLater(reactor, 0.01, lambda: None)
+        yield self.top.stopService()
+        received = yield client.done
+        self.assertEqual(received, b"*bcd")
+        self.top.startService()

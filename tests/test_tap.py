@@ -1,0 +1,124 @@
+"""
+The twistd plugin and its options: endpoint descriptions, the listen
+backlog, usage errors, and the service L{caretproto.tap.makeService} builds.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from twisted.application.service import IService, IServiceMaker, MultiService
+from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from caretproto import tap
+from caretproto.service import CaretService
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse(*argv: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class EndpointDescriptionTests(SynchronousTestCase):
+    def test_bare_number_is_tcp_with_the_default_backlog(self) -> None:
+        self.assertEqual(tap.endpointDescription("9090"), "tcp:9090:backlog=4096")
+
+    def test_listening_endpoints_without_backlog_get_it(self) -> None:
+        for given in [
+            "tcp:9090:interface=127.0.0.1",
+            "unix:/run/caret.sock",
+            "haproxy:tcp:9090",
+        ]:
+            self.assertEqual(
+                tap.endpointDescription(given, 500), f"{given}:backlog=500"
+            )
+
+    def test_an_explicit_backlog_is_kept(self) -> None:
+        self.assertEqual(
+            tap.endpointDescription("tcp:9090:backlog=10"), "tcp:9090:backlog=10"
+        )
+
+    def test_inherited_sockets_are_left_alone(self) -> None:
+        given = "systemd:domain=INET:index=0"
+        self.assertEqual(tap.endpointDescription(given), given)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_default_is_tcp_9090(self) -> None:
+        options = parse()
+        self.assertEqual(options["port"], ["9090"])
+        [endpoint] = options["endpoints"]
+        self.assertIsInstance(endpoint, TCP4ServerEndpoint)
+        self.assertEqual((endpoint._port, endpoint._backlog), (9090, 4096))
+
+    def test_port_may_be_given_several_times(self) -> None:
+        options = parse(
+            "--port", "tcp:9091:interface=127.0.0.1", "-p", "unix:/tmp/c.sock"
+        )
+        tcp, unix = options["endpoints"]
+        self.assertIsInstance(tcp, TCP4ServerEndpoint)
+        self.assertIsInstance(unix, UNIXServerEndpoint)
+        self.assertEqual(tcp._interface, "127.0.0.1")
+
+    def test_backlog_option_applies_to_endpoints_without_one(self) -> None:
+        [endpoint] = parse("--backlog", "123", "--port", "9092")["endpoints"]
+        self.assertEqual(endpoint._backlog, 123)
+
+    def test_bad_port_names_the_option_and_shows_examples(self) -> None:
+        for bad in [
+            "tcp:notaport",
+            "bogus:1",
+            "",
+            "ssl:9443:privateKey=/nonexistent.pem",
+        ]:
+            error = self.assertRaises(UsageError, parse, "--port", bad)
+            self.assertIn("--port", str(error))
+            self.assertIn("tcp:9090:interface=127.0.0.1", str(error))
+
+    def test_bad_backlog_names_the_option_and_an_example(self) -> None:
+        for bad in ["-3", "0", "many"]:
+            error = self.assertRaises(UsageError, parse, "--backlog", bad)
+            self.assertIn("--backlog", str(error))
+            self.assertIn("4096", str(error))
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_make_service_returns_a_multiservice_with_a_named_caret_service(
+        self,
+    ) -> None:
+        service = tap.makeService(
+            parse("--port", "tcp:0", "--port", "unix:/tmp/x.sock")
+        )
+        self.assertTrue(IService.providedBy(service))
+        assert isinstance(service, MultiService)
+        caret = service.getServiceNamed("caret")
+        assert isinstance(caret, CaretService)
+        self.assertEqual(len(caret.endpoints), 2)
+
+
+class PluginTests(SynchronousTestCase):
+    def test_twistd_finds_the_caret_plugin_naming_caretproto_tap(self) -> None:
+        [maker] = [p for p in getPlugins(IServiceMaker) if p.tapname == "caret"]
+        self.assertEqual(maker.module, "caretproto.tap")
+        self.assertIs(maker.options, tap.Options)
+
+    def test_plugin_file_imports_nothing_but_service_maker(self) -> None:
+        tree = ast.parse((REPO / "twisted" / "plugins" / "caret.py").read_text())
+        imports = [
+            n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+        ]
+        self.assertEqual(
+            [(n.module, [a.name for a in n.names]) for n in imports],  # type: ignore[union-attr]
+            [("twisted.application.service", ["ServiceMaker"])],
+        )
+
+    def test_no_init_files_that_would_shadow_twisted(self) -> None:
+        self.assertFalse((REPO / "twisted" / "__init__.py").exists())
+        self.assertFalse((REPO / "twisted" / "plugins" / "__init__.py").exists())

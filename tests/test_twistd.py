@@ -1,0 +1,176 @@
+"""
+The installed program, for real: C{twistd -n caret} and C{twistd -ny} with the
+example C{.tac}, started as subprocesses and spoken to over loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from tests.rawclient import connect
+
+REPO = Path(__file__).resolve().parent.parent
+TWISTD = str(Path(sys.executable).parent / "twistd")
+LISTENING = re.compile(rb"caret listening on (\S+):(\d+)")
+
+
+def shortTempPath(testCase: TestCase, name: str) -> str:
+    """
+    An absolute path in a fresh temporary folder, short enough for a UNIX
+    socket (trial's own temporary paths can pass the 108-byte limit).
+    """
+    folder = tempfile.mkdtemp(prefix="caret-")
+    testCase.addCleanup(shutil.rmtree, folder, ignore_errors=True)
+    return os.path.join(folder, name)
+
+
+class Twistd(ProcessProtocol):
+    """A twistd subprocess whose log is read as it comes."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.listening: Deferred[list[str]] = Deferred()
+        self.ended: Deferred[ProcessDone | ProcessTerminated] = Deferred()
+        self._wanted = 1
+        self._addresses: list[str] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        found = [
+            f"{h.decode()}:{p.decode()}" for h, p in LISTENING.findall(self.output)
+        ]
+        if len(found) >= self._wanted and not self.listening.called:
+            self.listening.callback(found)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.listening.called:
+            self.listening.errback(AssertionError(self.output.decode()))
+        self.ended.callback(reason.value)
+
+    @classmethod
+    def start(cls, testCase: TestCase, *argv: str, listeners: int = 1) -> Twistd:
+        process = cls()
+        process._wanted = listeners
+        transport = reactor.spawnProcess(  # type: ignore[attr-defined]
+            process,
+            TWISTD,
+            [TWISTD, "-n", "--pidfile=", *argv],
+            env=dict(os.environ),
+            path=str(REPO),
+        )
+
+        def stop() -> Deferred[ProcessDone | ProcessTerminated]:
+            try:
+                transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+            return process.ended
+
+        testCase.addCleanup(stop)
+        process.transport = transport
+        return process
+
+
+class TwistdCaretTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def test_worked_example_against_twistd_caret_then_sigterm(self) -> Any:
+        twistd = Twistd.start(self, "caret", "--port", "tcp:0:interface=127.0.0.1")
+        [address] = yield twistd.listening
+        client = yield connect(f"tcp:{address}")
+        yield client.receivedAtLeast(1)
+        total = 1
+        for sent, answered in [
+            (b"^abc$de^abte$f", b"bcdbcuf"),
+            (b"xyz^123", b"234"),
+            (b"25$^ab$abab", b"36bc"),
+        ]:
+            client.transport.write(sent)
+            total += len(answered)
+            yield client.receivedAtLeast(total)
+        client.transport.loseWriteConnection()
+        received = yield client.done
+        self.assertEqual(received, b"*bcdbcuf23436bc")
+
+        twistd.transport.signalProcess(signal.SIGTERM)
+        ended = yield twistd.ended
+        # twistd shuts down cleanly, then ends by the signal that stopped it.
+        self.assertEqual(ended.signal, signal.SIGTERM)
+        log = twistd.output.decode()
+        self.assertIn("Server Shut Down.", log)
+        self.assertRegex(log, r"127\.0\.0\.1:\d+ connected")
+        self.assertRegex(
+            log,
+            r"127\.0\.0\.1:\d+ disconnected after [\d.]+s: 32 bytes in, "
+            r"15 bytes out, 4 messages",
+        )
+
+    @inlineCallbacks
+    def test_listens_on_every_port_given(self) -> Any:
+        socket = shortTempPath(self, "caret.sock")
+        twistd = Twistd.start(
+            self,
+            "caret",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--port",
+            f"unix:{socket}",
+        )
+        yield twistd.listening
+        for description in [f"unix:{socket}"]:
+            client = yield connect(description)
+            self.assertEqual((yield client.receivedAtLeast(1)), b"*")
+            client.transport.loseConnection()
+
+    @inlineCallbacks
+    def test_a_bad_option_is_a_usage_error_not_a_traceback(self) -> Any:
+        twistd = Twistd.start(self, "caret", "--port", "tcp:notaport")
+        yield self.assertFailure(twistd.listening, AssertionError)
+        ended = yield twistd.ended
+        self.assertNotEqual(ended.exitCode, 0)
+        log = twistd.output.decode()
+        self.assertIn("--port 'tcp:notaport'", log)
+        self.assertNotIn("Traceback", log)
+
+
+class TacTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def test_the_example_tac_serves_caret_beside_a_web_site(self) -> Any:
+        tac = Path(shortTempPath(self, "example.tac"))
+        web = shortTempPath(self, "web.sock")
+        text = (REPO / "examples" / "caret-and-web.tac").read_text()
+        self.assertIn('"tcp:9090"', text)
+        self.assertIn('"tcp:8080"', text)
+        tac.write_text(
+            text.replace('"tcp:9090"', '"tcp:0:interface=127.0.0.1"').replace(
+                '"tcp:8080"', f'"unix:{web}"'
+            )
+        )
+        twistd = Twistd.start(self, "-oy", str(tac))
+        [address] = yield twistd.listening
+        caret = yield connect(f"tcp:{address}")
+        self.assertEqual((yield caret.receivedAtLeast(1)), b"*")
+        caret.transport.loseConnection()
+        http = yield connect(f"unix:{web}")
+        http.transport.write(b"GET / HTTP/1.0\r\n\r\n")
+        page = yield http.done
+        self.assertIn(b"caret is on port 9090", page)
