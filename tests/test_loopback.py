@@ -12,10 +12,11 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from caretproto import tap
+from caretproto import CaretFactory, tap
 from caretproto.service import CaretService
 from tests.model import reference_replies
 from tests.rawclient import RawClient, connect
@@ -99,3 +100,16 @@ class LoopbackTests(TestCase):
         received = yield client.done
         self.assertEqual(received, b"*bcd")
         self.top.startService()
+
+
+class BareFactoryTests(TestCase):
+    @inlineCallbacks
+    def test_caret_factory_serves_on_any_endpoint_without_the_service(self) -> Any:
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            CaretFactory()
+        )
+        self.addCleanup(port.stopListening)
+        client = yield connect(f"tcp:127.0.0.1:{port.getHost().port}")
+        client.transport.write(b"^abc$")
+        client.transport.loseWriteConnection()
+        self.assertEqual((yield client.done), b"*bcd")

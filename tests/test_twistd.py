@@ -25,6 +25,7 @@ from tests.rawclient import connect
 
 REPO = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).parent / "twistd")
+TWIST = str(Path(sys.executable).parent / "twist")
 LISTENING = re.compile(rb"caret listening on (\S+):(\d+)")
 
 
@@ -45,7 +46,6 @@ class Twistd(ProcessProtocol):
         self.output = b""
         self.listening: Deferred[list[str]] = Deferred()
         self.ended: Deferred[ProcessDone | ProcessTerminated] = Deferred()
-        self._wanted = 1
         self._addresses: list[str] = []
 
     def outReceived(self, data: bytes) -> None:
@@ -53,7 +53,7 @@ class Twistd(ProcessProtocol):
         found = [
             f"{h.decode()}:{p.decode()}" for h, p in LISTENING.findall(self.output)
         ]
-        if len(found) >= self._wanted and not self.listening.called:
+        if found and not self.listening.called:
             self.listening.callback(found)
 
     errReceived = outReceived
@@ -64,13 +64,16 @@ class Twistd(ProcessProtocol):
         self.ended.callback(reason.value)
 
     @classmethod
-    def start(cls, testCase: TestCase, *argv: str, listeners: int = 1) -> Twistd:
+    def start(
+        cls, testCase: TestCase, *argv: str, runner: list[str] | None = None
+    ) -> Twistd:
+        """Start C{twistd -n} (or C{runner}) with C{argv}."""
         process = cls()
-        process._wanted = listeners
+        command = runner or [TWISTD, "-n", "--pidfile="]
         transport = reactor.spawnProcess(  # type: ignore[attr-defined]
             process,
-            TWISTD,
-            [TWISTD, "-n", "--pidfile=", *argv],
+            command[0],
+            [*command, *argv],
             env=dict(os.environ),
             path=str(REPO),
         )
@@ -138,6 +141,21 @@ class TwistdCaretTests(TestCase):
             client = yield connect(description)
             self.assertEqual((yield client.receivedAtLeast(1)), b"*")
             client.transport.loseConnection()
+
+    @inlineCallbacks
+    def test_twist_caret_serves_too(self) -> Any:
+        twistd = Twistd.start(
+            self,
+            "caret",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            runner=[TWIST, "--log-format", "text"],
+        )
+        [address] = yield twistd.listening
+        client = yield connect(f"tcp:{address}")
+        client.transport.write(b"^\xff^$")
+        self.assertEqual((yield client.receivedAtLeast(3)), b"*\x00_")
+        client.transport.loseConnection()
 
     @inlineCallbacks
     def test_a_bad_option_is_a_usage_error_not_a_traceback(self) -> Any:
