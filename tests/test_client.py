@@ -13,11 +13,9 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from caretproto.client import (
     CaretClientProtocol,
@@ -27,22 +25,7 @@ from caretproto.client import (
 )
 from caretproto.rules import reply_to
 from caretproto.tap import Options, makeService
-
-
-@implementer(IHalfCloseableDescriptor)
-class HalfCloseableTransport(StringTransport):
-    """A StringTransport that can close its writing side, as TCP can."""
-
-    writeClosed = False
-
-    def loseWriteConnection(self) -> None:
-        self.writeClosed = True
-
-    def writeConnectionLost(self, reason: object) -> None:
-        """Part of IHalfCloseableDescriptor; unused here."""
-
-    def readConnectionLost(self, reason: object) -> None:
-        """Part of IHalfCloseableDescriptor; unused here."""
+from tests.wire import HalfCloseableTransport
 
 
 def connected(transport: StringTransport | None = None) -> CaretClientProtocol:
