@@ -38,7 +38,7 @@ def startServer(extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and server.poll() is None:
         with open(log.name, "rb") as output:
-            listening = re.search(rb"caret listening on .*port=(\d+)", output.read())
+            listening = re.search(rb"caret listening on \S+:(\d+)", output.read())
         if listening:
             return server, int(listening[1])
         time.sleep(0.1)

@@ -10,13 +10,15 @@ import itertools
 import os
 import re
 import resource
-import select
 import socket
 import subprocess
 import sys
 import time
 from datetime import datetime
+from typing import Any
 
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
@@ -25,10 +27,10 @@ from caretproto.caretclient import (
     Options,
     raiseOpenFilesLimit,
 )
+from tests.test_twistd import Twistd
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 CLIENT = [sys.executable, "-m", "caretproto.caretclient"]
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def refusedPort() -> int:
@@ -187,58 +189,31 @@ def elapsed(log: str) -> float:
 class ReferenceRunTests(TestCase):
     """
     The comparison PROTOCOL.md exists for, in real time: C{caret-client -n 3}
-    against C{twistd caret --max-connections 1} and against the default.
+    against C{twistd caret --max-connections 1} and against the default, at
+    the same time.
     """
 
-    def startServer(self, *argv: str) -> int:
-        server = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "caret", "--port", LOOPBACK, *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+    timeout = 60
+
+    @inlineCallbacks
+    def caretClientAgainst(self, *serverOptions: str) -> Any:
+        twistd = Twistd.start(self, "caret", "--port", LOOPBACK, *serverOptions)
+        [address] = yield twistd.listening
+        host, port = address.rsplit(":", 1)
+        out, err, status = yield getProcessOutputAndValue(
+            CLIENT[0], [*CLIENT[1:], "-n", "3", host, port], env=dict(os.environ)
         )
+        self.assertEqual((err, status), (b"", 0))
+        return out.decode()
 
-        def stop() -> None:
-            server.terminate()
-            server.wait(30)
-            server.stdout.close()  # type: ignore[union-attr]
-
-        self.addCleanup(stop)
-        # Read the raw pipe: a buffered readline could keep the line we wait
-        # for in its buffer while select waits for more.
-        output = b""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([server.stdout], [], [], 1)
-            if ready:
-                chunk = os.read(server.stdout.fileno(), 65536)  # type: ignore[union-attr]
-                if not chunk:
-                    break
-                output += chunk
-                listening = re.search(rb"caret listening on .*port=(\d+)", output)
-                if listening:
-                    return int(listening[1])
-        self.fail(f"twistd caret did not start listening:\n{output.decode()}")
-
-    def test_n_sessions_take_n_times_longer_on_a_sequential_server(self) -> None:
-        sequentialPort = self.startServer("--max-connections", "1")
-        concurrentPort = self.startServer()
-        env = dict(os.environ, TZ="UTC")
-        runs = [
-            subprocess.Popen(
-                [*CLIENT, "-n", "3", "127.0.0.1", str(port)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-            for port in [sequentialPort, concurrentPort]
-        ]
-        (sequential, sequentialErrors), (concurrent, concurrentErrors) = (
-            run.communicate(timeout=60) for run in runs
+    @inlineCallbacks
+    def test_n_sessions_take_n_times_longer_on_a_sequential_server(self) -> Any:
+        sequential, concurrent = yield gatherResults(
+            [
+                self.caretClientAgainst("--max-connections", "1"),
+                self.caretClientAgainst(),
+            ]
         )
-        self.assertEqual([run.returncode for run in runs], [0, 0])
-        self.assertEqual((sequentialErrors, concurrentErrors), ("", ""))
-
         self.assertTrue(6.5 <= elapsed(sequential) < 9.0, sequential)
         self.assertTrue(2.1 <= elapsed(concurrent) < 3.5, concurrent)
 
