@@ -6,7 +6,9 @@ L{CaretService} is an ordinary L{IService}: it can stand alone under twistd,
 beside other services in a L{MultiService}, or in a C{.tac} file.  It owns the
 listening ports (so that it can stop listening at once on shutdown) and, when
 stopped, lets the sessions in progress end by delivering every reply they owe.
-It knows nothing of the protocol's rules.
+It knows nothing of the protocol's rules.  It accepts on behalf of its
+factory, which pauses and resumes accepting to keep its session limit
+(C{--max-connections}).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import (
@@ -46,6 +49,8 @@ class CaretService(Service):
         self.ports: list[IListeningPort] = []
         self._listening: Deferred[list[IListeningPort]] | None = None
         self._acceptPausedFor: set[str] = set()
+        self._acceptsPerWakeup: int | None = None
+        self.factory.acceptedBy(self)
 
     def privilegedStartService(self) -> None:
         """
@@ -81,6 +86,8 @@ class CaretService(Service):
             )
             if self._acceptPausedFor:
                 _acceptor(port).stopReading()
+        if self._acceptsPerWakeup is not None:
+            self.acceptAtMost(self._acceptsPerWakeup)
         return ports
 
     def pauseAccepting(self, reason: str) -> None:
@@ -102,6 +109,19 @@ class CaretService(Service):
             for port in self.ports:
                 _acceptor(port).startReading()
 
+    def acceptAtMost(self, count: int) -> None:
+        """
+        Accept no more than C{count} connections the next time a listening
+        socket is ready.  A Twisted port accepts up to its C{numberAccepts}
+        connections per readiness event, and sets it anew after each; so this
+        holds for the next event only, which is what a factory needs that
+        asks before each resume for the places it has free.
+        """
+        self._acceptsPerWakeup = count
+        for port in self.ports:
+            if isinstance(port, tcp.Port):
+                port.numberAccepts = count
+
     @property
     def accepting(self) -> bool:
         """Whether the ports accept new connections now."""
@@ -115,6 +135,7 @@ class CaretService(Service):
         Service.stopService(self)
         ports, self.ports = self.ports, []
         self._listening = None
+        self.factory.dropWaiting()
         stopped: list[Deferred[Any]] = [
             maybeDeferred(port.stopListening) for port in ports
         ]

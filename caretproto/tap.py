@@ -96,6 +96,15 @@ class Options(usage.Options):
             "Listen queue size for endpoints given without backlog=.",
             positive("backlog", "4096"),
         ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Serve at most this many sessions at once; further clients wait "
+            "in the listen backlog and are greeted as sessions end "
+            "(1 makes a sequential server).  [default: no limit]",
+            positive("max-connections", "1"),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -146,7 +155,8 @@ def makeService(options: Mapping[str, Any]) -> IService:
     L{CaretService}, named C{caret}, that listens on every C{--port}.
     """
     top = MultiService()
-    caret = CaretService(options["endpoints"], CaretFactory())
+    factory = CaretFactory(maxSessions=options.get("max-connections"))
+    caret = CaretService(options["endpoints"], factory)
     caret.setName("caret")
     caret.setServiceParent(top)
     return top

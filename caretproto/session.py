@@ -1,0 +1,307 @@
+"""
+The reference client session of PROTOCOL.md, on any number of connections
+at once, in one reactor.
+
+L{runSessions} opens N connections through one client endpoint and runs the
+script on each concurrently: wait for the greeting, send three buffers with
+their pauses, close, and check that the bytes received are what
+L{caretproto.rules} says a caret server answers.  It logs what it does in
+the reference format (L{ReferenceLogObserver}) and reports each
+connection's L{Outcome}.  Time comes from the reactor given, so tests drive
+it with a L{twisted.internet.task.Clock}.
+
+This module is the session, not the command line: C{caret-client}
+(L{caretproto.caretclient}) parses options and runs it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TextIO, TypeVar, cast
+
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    gatherResults,
+)
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, formatEvent
+from zope.interface import implementer
+
+from caretproto.client import (
+    CaretClientFactory,
+    CaretClientProtocol,
+    GreetingError,
+    connectEndpoint,
+)
+from caretproto.rules import State, feed
+
+Script = Sequence[tuple[bytes, float]]
+
+REFERENCE_SCRIPT: Script = (
+    (b"^abc$de^abte$f", 1.0),
+    (b"xyz^123", 1.0),
+    (b"25$^ab0000$abab", 0.2),
+)
+"""
+The buffers the reference client sends, each with the pause after it.  The
+C{0000} in the last is answered C{1111}: a reader that has seen it knows all
+replies have arrived.
+"""
+
+DEFAULT_TIMEOUT = 60.0
+
+
+def expectedReplies(script: Script) -> bytes:
+    """Every reply byte a caret server sends for C{script}, in order."""
+    state = State.WAIT_FOR_MSG
+    replies = []
+    for data, _ in script:
+        state, reply, _ = feed(state, data)
+        replies.append(reply)
+    return b"".join(replies)
+
+
+@dataclass
+class Outcome:
+    """
+    How one connection's session went.
+
+    @ivar failure: L{None} if the session went as the protocol says, else
+        what went wrong, in a few words (C{refused}, C{no greeting},
+        C{wrong replies}...).
+    @ivar detail: what happened, for the log and the summary.
+    """
+
+    name: str
+    received: bytes = b""
+    failure: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    """All connections' outcomes, and how long they took together."""
+
+    outcomes: list[Outcome]
+    elapsed: float
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [outcome for outcome in self.outcomes if outcome.failure]
+
+    def summary(self) -> str | None:
+        """
+        One line saying which connections failed and how, or L{None} if
+        none did.
+        """
+        failed = self.failed
+        if not failed:
+            return None
+        kinds = Counter(outcome.failure for outcome in failed)
+        first = failed[0]
+        return (
+            f"{len(failed)} of {len(self.outcomes)} connections failed: "
+            + ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+            + f" (first: {first.name}: {first.detail})"
+        )
+
+
+class _SessionFailed(Exception):
+    def __init__(self, failure: str, detail: str) -> None:
+        super().__init__(failure, detail)
+        self.failure = failure
+        self.detail = detail
+
+
+class _SessionClient(CaretClientProtocol):
+    """A client that logs and keeps every reply byte, as the reference does."""
+
+    def __init__(self, name: str, log: Logger, clock: IReactorTime) -> None:
+        super().__init__()
+        self.name = name
+        self.log = log
+        self.clock = clock
+        self.received = bytearray()
+
+    def replyReceived(self, data: bytes) -> None:
+        self.received += data
+        self.log.info(
+            "{conn} received {data!r}",
+            conn=self.name,
+            data=data,
+            at=self.clock.seconds(),
+        )
+
+
+class _SessionClientFactory(CaretClientFactory):
+    def __init__(self, name: str, log: Logger, clock: IReactorTime) -> None:
+        self.name = name
+        self.log = log
+        self.clock = clock
+
+    def buildProtocol(self, addr: object) -> _SessionClient:
+        client = _SessionClient(self.name, self.log, self.clock)
+        client.factory = self
+        return client
+
+
+_T = TypeVar("_T")
+
+
+async def _within(
+    waiting: Deferred[_T], clock: IReactorTime, timeout: float, failure: str
+) -> _T:
+    """Wait for C{waiting}, or fail with C{failure} after C{timeout}."""
+    try:
+        return await waiting.addTimeout(timeout, clock)
+    except (DeferredTimeoutError, CancelledError):
+        raise _SessionFailed(failure, f"nothing within {timeout:g} s") from None
+
+
+async def _session(
+    clock: IReactorTime,
+    endpoint: IStreamClientEndpoint,
+    name: str,
+    log: Logger,
+    script: Script,
+    timeout: float,
+) -> Outcome:
+    def info(format: str, **kwargs: object) -> None:
+        log.info(format, conn=name, at=clock.seconds(), **kwargs)
+
+    expected = expectedReplies(script)
+    client: _SessionClient | None = None
+    try:
+        try:
+            connected = connectEndpoint(
+                endpoint, _SessionClientFactory(name, log, clock)
+            )
+            client = cast(
+                _SessionClient,
+                await _within(connected, clock, timeout, "could not connect"),
+            )
+        except ConnectionRefusedError as refused:
+            raise _SessionFailed("refused", str(refused)) from None
+        except _SessionFailed:
+            raise
+        except Exception as error:
+            raise _SessionFailed("could not connect", str(error)) from None
+        info("{conn} connected...")
+        try:
+            await _within(client.greeted, clock, timeout, "no greeting")
+        except GreetingError as error:
+            raise _SessionFailed("no greeting", str(error)) from None
+        for data, pause in script:
+            info("{conn} sending {data!r}", data=data)
+            client.send(data)
+            await deferLater(clock, pause)
+            if client.closed.called:
+                raise _SessionFailed(
+                    "connection lost",
+                    f"the server closed after {bytes(client.received)!r}, before "
+                    f"the session ended",
+                )
+        info("{conn} disconnecting")
+        client.close()
+        await _within(client.closed, clock, timeout, "server did not close")
+        received = bytes(client.received)
+        if received != expected:
+            raise _SessionFailed(
+                "wrong replies", f"received {received!r}, expected {expected!r}"
+            )
+        return Outcome(name, received)
+    except _SessionFailed as failed:
+        log.error(
+            "{conn} {failure}: {detail}",
+            conn=name,
+            failure=failed.failure,
+            detail=failed.detail,
+            at=clock.seconds(),
+        )
+        received = b""
+        if client is not None:
+            received = bytes(client.received)
+            if not client.closed.called:
+                client.abort()
+        return Outcome(name, received, failed.failure, failed.detail)
+
+
+def runSession(
+    clock: IReactorTime,
+    endpoint: IStreamClientEndpoint,
+    name: str,
+    log: Logger,
+    script: Script = REFERENCE_SCRIPT,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Deferred[Outcome]:
+    """
+    Run C{script} on one connection through C{endpoint}, logging as
+    C{name}.  Never fails: a failure is in the L{Outcome}.
+
+    @param timeout: the longest to wait to connect, for the greeting, and
+        for the server to close once the client has.
+    """
+    return Deferred.fromCoroutine(_session(clock, endpoint, name, log, script, timeout))
+
+
+def runSessions(
+    clock: IReactorTime,
+    endpoint: IStreamClientEndpoint,
+    count: int,
+    log: Logger,
+    script: Script = REFERENCE_SCRIPT,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Deferred[Report]:
+    """
+    Run C{script} on C{count} connections at once, named C{conn1},
+    C{conn2}...; fire with their L{Report} when all have ended.
+    """
+    started = clock.seconds()
+    sessions = [
+        runSession(clock, endpoint, f"conn{number}", log, script, timeout)
+        for number in range(1, count + 1)
+    ]
+    return gatherResults(sessions).addCallback(
+        lambda outcomes: Report(outcomes, clock.seconds() - started)
+    )
+
+
+_LEVEL_NAMES = {
+    LogLevel.debug: "DEBUG",
+    LogLevel.info: "INFO",
+    LogLevel.warn: "WARNING",
+    LogLevel.error: "ERROR",
+    LogLevel.critical: "CRITICAL",
+}
+
+
+def formatReferenceLine(event: LogEvent) -> str:
+    """
+    One log event as the reference client logs it,
+    C{INFO:2017-09-16 14:14:17,763:conn1 connected...}: Python logging's
+    C{%(levelname)s:%(asctime)s:%(message)s}.  The time is the event's C{at}
+    (the session's clock) if it has one.
+    """
+    when: float = event["at"] if "at" in event else event["log_time"]
+    seconds, millis = divmod(round(when * 1000), 1000)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+    level = _LEVEL_NAMES[event["log_level"]]
+    return f"{level}:{stamp},{millis:03d}:{formatEvent(event)}"
+
+
+@implementer(ILogObserver)
+class ReferenceLogObserver:
+    """Writes each event to C{stream} as a line of the reference format."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, event: LogEvent) -> None:
+        self.stream.write(formatReferenceLine(event) + "\n")

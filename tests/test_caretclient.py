@@ -1,0 +1,231 @@
+"""
+Tests for the C{caret-client} command: its options, the open-files limit,
+its exit status, and one real-time run of the reference session against a
+sequential and a concurrent C{twistd caret}.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import resource
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+
+from caretproto.caretclient import (
+    OpenFilesLimitError,
+    Options,
+    raiseOpenFilesLimit,
+)
+from tests.test_twistd import Twistd
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+CLIENT = [sys.executable, "-m", "caretproto.caretclient"]
+
+
+def refusedPort() -> int:
+    """A loopback TCP port that nothing listens on (just now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class OptionsTests(TestCase):
+    def parse(self, *argv: str) -> Options:
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_host_and_port(self) -> None:
+        options = self.parse("-n", "3", "127.0.0.1", "9090")
+        self.assertEqual(
+            (options["connections"], options["host"], options["port"]),
+            (3, "127.0.0.1", 9090),
+        )
+
+    def test_one_connection_by_default(self) -> None:
+        self.assertEqual(self.parse("localhost", "9090")["connections"], 1)
+
+    def test_an_endpoint_instead_of_host_and_port(self) -> None:
+        options = self.parse("--endpoint", "unix:path=/run/caret.sock")
+        self.assertEqual(options["endpoint"], "unix:path=/run/caret.sock")
+
+    def test_bad_invocations_are_usage_errors_that_say_what_to_give(self) -> None:
+        for argv, says in [
+            ([], "HOST PORT"),
+            (["localhost"], "HOST PORT"),
+            (["localhost", "http"], "PORT must be a TCP port number"),
+            (["localhost", "70000"], "PORT must be a TCP port number"),
+            (["-n", "0", "localhost", "9090"], "--connections"),
+            (["--timeout", "-1", "localhost", "9090"], "--timeout"),
+            (["--endpoint", "tcp:x:1", "localhost", "9090"], "not both"),
+        ]:
+            error = self.assertRaises(usage.UsageError, self.parse, *argv)
+            self.assertIn(says, str(error), argv)
+
+
+class OpenFilesLimitTests(TestCase):
+    def limits(self, soft: int, hard: int) -> tuple[list, object, object]:
+        raised: list[tuple[int, int]] = []
+        return (
+            raised,
+            lambda which: (soft, hard),
+            lambda which, limits: raised.append(limits),
+        )
+
+    def test_a_soft_limit_high_enough_is_left_alone(self) -> None:
+        raised, get, set_ = self.limits(20000, 20000)
+        self.assertIsNone(raiseOpenFilesLimit(10064, get, set_))
+        self.assertEqual(raised, [])
+
+    def test_a_low_soft_limit_is_raised_to_the_hard_limit(self) -> None:
+        raised, get, set_ = self.limits(1024, 524288)
+        self.assertEqual(raiseOpenFilesLimit(10064, get, set_), 524288)
+        self.assertEqual(raised, [(524288, 524288)])
+
+    def test_an_unlimited_hard_limit_lets_the_soft_limit_be_raised(self) -> None:
+        raised, get, set_ = self.limits(1024, resource.RLIM_INFINITY)
+        raiseOpenFilesLimit(10064, get, set_)
+        self.assertEqual(raised, [(resource.RLIM_INFINITY, resource.RLIM_INFINITY)])
+
+    def test_a_hard_limit_too_low_fails_naming_the_limit_and_the_fix(self) -> None:
+        raised, get, set_ = self.limits(1024, 4096)
+        error = self.assertRaises(
+            OpenFilesLimitError, raiseOpenFilesLimit, 10064, get, set_
+        )
+        self.assertIn("RLIMIT_NOFILE", str(error))
+        self.assertIn("is 4096", str(error))
+        self.assertIn("ulimit -n 10064", str(error))
+        self.assertEqual(raised, [])
+
+
+class ExitStatusTests(TestCase):
+    """The command's exit status and messages, run as a program."""
+
+    def caretClient(
+        self, *argv: str, **kwargs: object
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLIENT, *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            **kwargs,  # type: ignore[call-overload]
+        )
+
+    def test_too_low_a_hard_limit_fails_at_once_without_a_traceback(self) -> None:
+        def lowLimit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+        started = time.monotonic()
+        result = self.caretClient("-n", "10000", "127.0.0.1", "9", preexec_fn=lowLimit)
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("ulimit -n", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertEqual(result.stdout, "")
+
+    def test_refused_connections_exit_1_with_a_one_line_summary(self) -> None:
+        result = self.caretClient("-n", "2", "127.0.0.1", str(refusedPort()))
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(
+            result.stderr.splitlines(),
+            [
+                "caret-client: 2 of 2 connections failed: 2 refused (first: conn1: "
+                "Connection was refused by other side: 111: Connection refused.)"
+            ],
+        )
+        self.assertRegex(result.stdout, r"ERROR:.*:conn1 refused: ")
+        self.assertRegex(result.stdout, r"\nElapsed: \d+\.\d\d\n$")
+
+    def test_a_usage_error_exits_2_without_a_traceback(self) -> None:
+        result = self.caretClient("--endpoint", "carrier-pigeon:coo")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("--endpoint 'carrier-pigeon:coo'", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+
+LINE = re.compile(
+    r"^INFO:(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}):(?P<conn>conn\d+) "
+    r"(?P<what>.*)$"
+)
+
+
+def sessionTimes(log: str) -> list[tuple[float, float]]:
+    """
+    For each connection in a caret-client log, when it was greeted (its
+    first send) and when it disconnected; in order of greeting.
+    """
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for line in log.splitlines():
+        match = LINE.match(line)
+        if match is None:
+            continue
+        when = datetime.strptime(match["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if match["what"].startswith("sending"):
+            first.setdefault(match["conn"], when)
+        elif match["what"] == "disconnecting":
+            last[match["conn"]] = when
+    return sorted((first[conn], last[conn]) for conn in first)
+
+
+def elapsed(log: str) -> float:
+    match = re.search(r"^Elapsed: (\d+\.\d\d)$", log, re.MULTILINE)
+    assert match is not None, log
+    return float(match[1])
+
+
+class ReferenceRunTests(TestCase):
+    """
+    The comparison PROTOCOL.md exists for, in real time: C{caret-client -n 3}
+    against C{twistd caret --max-connections 1} and against the default, at
+    the same time.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def caretClientAgainst(self, *serverOptions: str) -> Any:
+        twistd = Twistd.start(self, "caret", "--port", LOOPBACK, *serverOptions)
+        [address] = yield twistd.listening
+        host, port = address.rsplit(":", 1)
+        out, err, status = yield getProcessOutputAndValue(
+            CLIENT[0], [*CLIENT[1:], "-n", "3", host, port], env=dict(os.environ)
+        )
+        self.assertEqual((err, status), (b"", 0))
+        return out.decode()
+
+    @inlineCallbacks
+    def test_n_sessions_take_n_times_longer_on_a_sequential_server(self) -> Any:
+        sequential, concurrent = yield gatherResults(
+            [
+                self.caretClientAgainst("--max-connections", "1"),
+                self.caretClientAgainst(),
+            ]
+        )
+        self.assertTrue(6.5 <= elapsed(sequential) < 9.0, sequential)
+        self.assertTrue(2.1 <= elapsed(concurrent) < 3.5, concurrent)
+
+        sessions = sessionTimes(sequential)
+        self.assertEqual(len(sessions), 3)
+        for (_, endedAt), (greetedAt, _) in itertools.pairwise(sessions):
+            self.assertGreaterEqual(greetedAt, endedAt, sequential)
+
+        sessions = sessionTimes(concurrent)
+        self.assertEqual(len(sessions), 3)
+        self.assertLess(
+            max(greeted for greeted, _ in sessions),
+            min(ended for _, ended in sessions),
+            concurrent,
+        )
