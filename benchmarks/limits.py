@@ -110,7 +110,7 @@ def _waitForPort(process: subprocess.Popen[bytes], logPath: str) -> int:
             raise SystemExit(f"twistd exited with {process.returncode}")
         if os.path.exists(logPath):
             with open(logPath) as log:
-                found = re.search(r"caret listening on .*port=(\d+)", log.read())
+                found = re.search(r"caret listening on 127\.0\.0\.1:(\d+)", log.read())
             if found:
                 port = int(found.group(1))
                 # Listening comes before the reactor runs: wait for a greeting.

@@ -19,7 +19,7 @@ from caretproto.server import CaretFactory, CaretProtocol
 def clockedFactory() -> tuple[CaretFactory, Clock]:
     """A factory whose timers run on a fresh L{Clock}."""
     clock = Clock()
-    return CaretFactory(clock), clock
+    return CaretFactory(clock=clock), clock
 
 
 def connect(

@@ -13,8 +13,9 @@ from twisted.trial.unittest import TestCase
 from caretproto.rules import GREETING, State, feed
 from caretproto.server import CaretFactory, CaretProtocol
 from tests.fakes import clockedFactory, connect
-from tests.loopback import Recorder, serve, settle
 from tests.loopback import connect as connectTo
+from tests.loopback import serve, settle
+from tests.rawclient import RawClient
 
 # Small socket buffers on both ends, so that a few MiB are enough to fill
 # everything the kernel would otherwise absorb (loopback autotuning goes
@@ -97,11 +98,11 @@ class FlowControlLoopbackTests(TestCase):
 
     async def floodWithoutReading(
         self, factory: CaretFactory
-    ) -> tuple[Recorder, CaretProtocol, bytes]:
+    ) -> tuple[RawClient, CaretProtocol, bytes]:
         port = await serve(self, factory)
         client = await connectTo(port)
         self.addCleanup(client.transport.loseConnection)  # type: ignore[union-attr]
-        await client.whenReceived(len(GREETING))
+        await client.receivedAtLeast(len(GREETING))
         (session,) = factory.sessions
         shrinkBuffers(client.transport)
         shrinkBuffers(session.transport)
@@ -129,7 +130,7 @@ class FlowControlLoopbackTests(TestCase):
 
         client.transport.resumeProducing()  # type: ignore[union-attr]
         expected = GREETING + feed(State.WAIT_FOR_MSG, payload).reply
-        await client.whenReceived(len(expected))
+        await client.receivedAtLeast(len(expected))
         self.assertEqual(bytes(client.received), expected)
         self.assertEqual(session.bytesReceived, len(payload))
         self.assertGreater(session.pauses, 0)
@@ -139,7 +140,7 @@ class FlowControlLoopbackTests(TestCase):
         client, _session, payload = await self.floodWithoutReading(factory)
         client.transport.loseWriteConnection()  # type: ignore[union-attr]
         client.transport.resumeProducing()  # type: ignore[union-attr]
-        received = await client.closed
+        received = await client.done
         self.assertEqual(received, GREETING + feed(State.WAIT_FOR_MSG, payload).reply)
         self.assertEqual(factory.sessions, set())
 
@@ -151,7 +152,7 @@ class FlowControlLoopbackTests(TestCase):
         session.finish()
         read = session.bytesReceived
         client.transport.resumeProducing()  # type: ignore[union-attr]
-        received = await client.closed
+        received = await client.done
         self.assertEqual(
             received, GREETING + feed(State.WAIT_FOR_MSG, payload[:read]).reply
         )

@@ -102,3 +102,15 @@ class IdleTimeoutTests(TestCase):
         session, _transport = connect(self.factory)
         session.connectionLost()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_connection_held_for_a_free_session_is_not_idle(self) -> None:
+        self.factory.maxSessions = 1
+        first, _firstTransport = connect(self.factory, port=1)
+        _held, heldTransport = connect(self.factory, port=2)
+        self.clock.advance(4)
+        first.connectionLost()
+        self.assertEqual(heldTransport.value(), GREETING)
+        self.clock.advance(4.9)
+        self.assertFalse(heldTransport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(heldTransport.disconnecting)

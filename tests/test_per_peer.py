@@ -40,7 +40,7 @@ class PerPeerLimitTests(TestCase):
         connect(self.factory, "192.0.2.7", 2)
         extra, _ = connect(self.factory, "192.0.2.7", 3)
         extra.connectionLost()
-        self.assertEqual(self.factory.sessionsByPeer["192.0.2.7"], 2)
+        self.assertEqual(self.factory.connectionsByPeer["192.0.2.7"], 2)
 
     def test_other_hosts_are_not_limited(self) -> None:
         connect(self.factory, "192.0.2.7", 1)
@@ -105,3 +105,16 @@ class PerPeerLimitTests(TestCase):
             "192.0.2.7: refused 2 connections over the per-peer limit of 2 in 0.0s",
             messages(self.logged),
         )
+
+    def test_connections_held_by_max_connections_count_for_their_peer(
+        self,
+    ) -> None:
+        self.factory.maxSessions = 1
+        connect(self.factory, "192.0.2.7", 1)
+        held, heldTransport = connect(self.factory, "192.0.2.7", 2)
+        _, refusedTransport = connect(self.factory, "192.0.2.7", 3)
+        self.assertTrue(held.held)
+        self.assertFalse(heldTransport.disconnecting)
+        self.assertTrue(refusedTransport.disconnecting)
+        held.connectionLost()
+        self.assertEqual(self.factory.connectionsByPeer["192.0.2.7"], 1)

@@ -13,14 +13,13 @@ import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from caretproto.rules import GREETING
-from tests.loopback import Recorder
+from tests.loopback import connect
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -33,7 +32,7 @@ if hard:
 os.execv(sys.argv[3], sys.argv[3:])
 """
 
-_LISTENING = re.compile(r"caret listening on .*port=(\d+)")
+_LISTENING = re.compile(r"caret listening on 127\.0\.0\.1:(\d+)")
 
 
 class Twistd(ProcessProtocol):
@@ -150,14 +149,7 @@ async def start(
     # twistd listens before its reactor runs and installs the handlers for
     # SIGTERM and SIGINT; a greeting shows that it runs.
     probe = await connect(port)
-    await probe.whenReceived(len(GREETING))
+    await probe.receivedAtLeast(len(GREETING))
     probe.transport.loseConnection()  # type: ignore[union-attr]
-    await probe.closed
+    await probe.done
     return child, port
-
-
-async def connect(port: int) -> Recorder:
-    """A L{Recorder} connected to C{port} on 127.0.0.1."""
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    client = await endpoint.connect(Factory.forProtocol(Recorder))
-    return await client.ready
