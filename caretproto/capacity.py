@@ -56,11 +56,24 @@ def raiseOpenFilesLimit() -> tuple[int, int]:
 class OpenFilesLimit(Service):
     """
     At start-up, raise the open-files soft limit to the hard limit and log
-    both.  Start it before the services that listen.
+    both.  Start it before the services that listen.  twistd starts services
+    in two steps, C{twist} in one; either way it is done once, first.
     """
+
+    raised = False
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
+        self._raise()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.raised:
+            return
+        self.raised = True
         try:
             before, after = raiseOpenFilesLimit()
         except (OSError, ValueError) as error:

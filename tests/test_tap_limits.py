@@ -6,12 +6,16 @@ and bad values refused with a message naming the option.
 from __future__ import annotations
 
 from twisted.application.service import IServiceCollection
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
+from caretproto import capacity
 from caretproto.capacity import OpenFilesLimit
 from caretproto.service import CaretService
 from caretproto.tap import Options, makeService
+from tests.fakes import messages
 
 
 def caretService(*argv: str) -> CaretService:
@@ -59,3 +63,24 @@ class LimitOptionsTests(TestCase):
             with self.assertRaises(usage.UsageError) as raised:
                 Options().parseOptions([option, value])
             self.assertIn(f"{option} takes a positive number", str(raised.exception))
+
+
+class OpenFilesLimitTests(TestCase):
+    def test_soft_limit_is_raised_once_whichever_way_the_service_starts(
+        self,
+    ) -> None:
+        calls: list[str] = []
+        self.patch(
+            capacity, "raiseOpenFilesLimit", lambda: calls.append("raise") or (1, 2)
+        )
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        twistd = OpenFilesLimit()
+        twistd.privilegedStartService()
+        twistd.startService()
+        twist = OpenFilesLimit()
+        twist.startService()
+        self.assertEqual(calls, ["raise", "raise"])
+        self.assertEqual(
+            messages(logged),
+            ["open files limit raised from 1 to the hard limit, 2"] * 2,
+        )
