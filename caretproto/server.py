@@ -4,26 +4,31 @@ The caret server: a thin Twisted shell around L{caretproto.rules}.
 L{CaretProtocol} holds one session's state and applies L{caretproto.rules.feed}
 to each chunk it reads; L{CaretFactory} builds one per connection, knows the
 sessions in progress and, given C{maxSessions}, lets no more than that many run
-at once.  Listening and shutdown belong to L{caretproto.service}; this module
-never opens a socket.
+at once.  The limits that concern one connection live here too: flow control,
+the idle timeout and the per-peer limit.  Listening, accepting and shutdown
+belong to L{caretproto.service}; this module never opens a socket.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IPushProducer,
+    IReactorTime,
     ITransport,
 )
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -45,6 +50,15 @@ def describe_address(address: IAddress | None) -> str:
     return "unix" if address is not None else "unknown"
 
 
+def peer_host(address: IAddress | None) -> str | None:
+    """
+    The host part of an IP peer address, which the per-peer limit counts;
+    L{None} for a UNIX socket, whose peers have no address to tell apart.
+    """
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else None
+
+
 class ISessionTransport(ITransport, IConsumer, IPushProducer):
     """
     What a caret session needs of its transport: to write, to take a producer,
@@ -52,16 +66,26 @@ class ISessionTransport(ITransport, IConsumer, IPushProducer):
     transports all are.
     """
 
+    def abortConnection() -> None:
+        """Close at once, dropping whatever is unsent."""
+
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
-class CaretProtocol(Protocol):
+class CaretProtocol(Protocol, TimeoutMixin):
     """
     One caret session: greets, answers every chunk with one write, and carries
     the state from read to read.
 
     It registers itself as its transport's streaming producer, so that when
-    unsent replies back up past the transport's high-water mark, Twisted calls
-    L{pauseProducing} and the session stops reading until they drain.
+    unsent replies back up past the transport's high-water mark (its
+    C{bufferSize}, 64 KiB for TCP), Twisted calls L{pauseProducing} and the
+    session stops reading until they drain.  Nothing is dropped: the client's
+    further bytes wait in the kernel, and TCP tells the client to wait too.
+
+    With the factory's C{idleTimeout}, a session whose client sends nothing
+    for that long is closed.  Only time spent reading counts: while flow
+    control has stopped reading, the session cannot know whether its client
+    is sending, so it is not idle.
 
     A connection is not a session until L{greet}: the factory may first
     L{hold} it, unread and ungreeted, until a session ends.
@@ -69,6 +93,8 @@ class CaretProtocol(Protocol):
     @ivar state: WAIT_FOR_MSG or IN_MSG.
     @ivar peer: the peer address, as logged.
     @ivar greeted: whether the session has started.
+    @ivar admitted: whether the per-peer limit let the connection stay; one
+        that it refused is closed without a greeting.
     @ivar bytesReceived: every byte read.
     @ivar bytesSent: every byte written, the greeting included.
     @ivar messages: messages ended by C{$}.
@@ -79,6 +105,8 @@ class CaretProtocol(Protocol):
     transport: ISessionTransport
     _log = Logger()
 
+    # Per-connection state lives in class-level defaults until it changes,
+    # to keep each of many thousands of idle sessions small.
     state = State.WAIT_FOR_MSG
     peer = "unknown"
     bytesReceived = 0
@@ -88,10 +116,17 @@ class CaretProtocol(Protocol):
     paused = False
     greeted = False
     held = False
+    admitted = False
+    idleClosing = False
     startedAt = 0.0
 
     def connectionMade(self) -> None:
-        self.peer = describe_address(self.transport.getPeer())
+        address = self.transport.getPeer()
+        self.peer = describe_address(address)
+        if not self.factory.peerArrived(address):
+            self.transport.loseConnection()
+            return
+        self.admitted = True
         self.transport.registerProducer(self, True)
         self.factory.sessionArrived(self)
 
@@ -115,10 +150,12 @@ class CaretProtocol(Protocol):
         self.startedAt = time.monotonic()
         self._log.info("{peer} connected", peer=self.peer)
         self.factory.sessionStarted(self)
+        self.setTimeout(self.factory.idleTimeout)
         self.transport.write(GREETING)
         self.bytesSent = len(GREETING)
 
     def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
         self.bytesReceived += len(data)
         self.state, reply, ended = feed(self.state, data)
         self.messages += ended
@@ -146,7 +183,39 @@ class CaretProtocol(Protocol):
         The server never half-closes; nothing to do.
         """
 
+    def callLater(self, period: float, func: Any) -> IDelayedCall:
+        """The idle timeout runs on the factory's clock."""
+        return self.factory.clock.callLater(period, func)
+
+    def timeoutConnection(self) -> None:
+        """
+        The client sent nothing for C{idleTimeout} seconds: end the session
+        as the protocol does, delivering what is owed.  A client that does
+        not even take those replies within another C{idleTimeout} is cut off.
+        """
+        if self.idleClosing:
+            self._log.info(
+                "{peer} did not take its replies within {timeout}s of being "
+                "closed for idleness: aborting",
+                peer=self.peer,
+                timeout=self.factory.idleTimeout,
+            )
+            self.transport.abortConnection()
+            return
+        self._log.info(
+            "{peer} sent nothing for {timeout}s: closing",
+            peer=self.peer,
+            timeout=self.factory.idleTimeout,
+        )
+        self.idleClosing = True
+        self.finish()
+        self.setTimeout(self.factory.idleTimeout)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.admitted:
+            return
+        self.setTimeout(None)
+        self.factory.peerLeft(self.transport.getPeer())
         if not self.greeted:
             self.factory.sessionAbandoned(self)
             self._log.info(
@@ -171,14 +240,19 @@ class CaretProtocol(Protocol):
     # replies.
 
     def pauseProducing(self) -> None:
-        """Unsent replies passed the high-water mark: stop reading."""
+        """
+        Unsent replies passed the high-water mark: stop reading, and stop
+        counting idle time, which only reading can refute.
+        """
         self.paused = True
         self.pauses += 1
+        self.setTimeout(None)
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        """The replies drained: read again."""
+        """The replies drained: read again, and count idle time from now."""
         self.paused = False
+        self.setTimeout(self.factory.idleTimeout)
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -232,16 +306,60 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
     @ivar sessions: the sessions in progress (greeted, not yet gone).
     @ivar waiting: connections held for a free session, oldest first.
     @ivar acceptor: what accepts this factory's connections, once known.
+    @ivar idleTimeout: seconds a session may go without receiving a byte
+        before it is closed, or L{None} (the default) for no limit.
+    @ivar maxPerPeer: the most connections one IP address may hold at once
+        (sessions and held connections alike), or L{None} (the default) for
+        no limit.
+    @ivar connectionsByPeer: with C{maxPerPeer}, the connections each IP
+        address holds.
+    @ivar clock: the timer for idle timeouts and the per-peer log.
     """
 
     protocol = CaretProtocol
+    idleTimeout: float | None = None
+    maxPerPeer: int | None = None
 
-    def __init__(self, maxSessions: int | None = None) -> None:
+    def __init__(
+        self, maxSessions: int | None = None, clock: IReactorTime | None = None
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.clock: IReactorTime = clock
         self.maxSessions = maxSessions
         self.sessions: set[CaretProtocol] = set()
         self.waiting: deque[CaretProtocol] = deque()
         self.acceptor: Acceptor | None = None
+        self.connectionsByPeer: Counter[str] = Counter()
+        self._refusals = _PerPeerRefusals(self)
         self._idleWaiters: list[Deferred[None]] = []
+        self._endWaiters: list[Deferred[None]] = []
+
+    def peerArrived(self, address: IAddress | None) -> bool:
+        """
+        A connection from C{address} was made: whether it may stay.  Not when
+        its host already holds C{maxPerPeer} connections; refusals are logged
+        once per burst.  A connection that stays must be given back with
+        L{peerLeft}.
+        """
+        host = peer_host(address)
+        if self.maxPerPeer is None or host is None:
+            return True
+        if self.connectionsByPeer[host] >= self.maxPerPeer:
+            self._refusals.refused(host)
+            return False
+        self.connectionsByPeer[host] += 1
+        return True
+
+    def peerLeft(self, address: IAddress | None) -> None:
+        """A connection that L{peerArrived} let stay is gone."""
+        host = peer_host(address)
+        if host is not None and host in self.connectionsByPeer:
+            self.connectionsByPeer[host] -= 1
+            if not self.connectionsByPeer[host]:
+                del self.connectionsByPeer[host]
 
     def acceptedBy(self, acceptor: Acceptor) -> None:
         """
@@ -277,6 +395,9 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
         self.sessions.discard(session)
         if self.maxSessions is not None:
             self._admit()
+        ended, self._endWaiters = self._endWaiters, []
+        for waiter in ended:
+            waiter.callback(None)
         if not self.sessions:
             waiters, self._idleWaiters = self._idleWaiters, []
             for waiter in waiters:
@@ -317,8 +438,79 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
         self._idleWaiters.append(waiter)
         return waiter
 
+    def whenSessionEnds(self) -> Deferred[None]:
+        """A Deferred that fires when the next session ends."""
+        waiter: Deferred[None] = Deferred()
+        self._endWaiters.append(waiter)
+        return waiter
+
+    def stopFactory(self) -> None:
+        """The last port stopped listening: close the refusal log's books."""
+        self._refusals.flush()
+
     def __repr__(self) -> str:
         return f"<CaretFactory sessions={len(self.sessions)}>"
 
     def logPrefix(self) -> str:
         return "caret"
+
+
+class _PerPeerRefusals:
+    """
+    The log of connections refused by the per-peer limit: one line when a
+    host's burst of refused connections begins, and one that counts them when
+    it ends, after C{quiet} seconds without a refusal.  A client that retries
+    in a loop would otherwise write a line per attempt.
+    """
+
+    quiet = 5.0
+    _log = Logger()
+
+    def __init__(self, factory: CaretFactory) -> None:
+        self.factory = factory
+        self._bursts: dict[str, _Burst] = {}
+
+    def refused(self, host: str) -> None:
+        """A connection from C{host} was refused."""
+        now = self.factory.clock.seconds()
+        burst = self._bursts.get(host)
+        if burst is not None:
+            burst.count += 1
+            burst.last = now
+            burst.quietCall.reset(self.quiet)
+            return
+        self._log.warn(
+            "{host} is at the per-peer limit of {limit} sessions: refusing "
+            "its further connections",
+            host=host,
+            limit=self.factory.maxPerPeer,
+        )
+        quietCall = self.factory.clock.callLater(self.quiet, self._burstEnded, host)
+        self._bursts[host] = _Burst(now, quietCall)
+
+    def _burstEnded(self, host: str) -> None:
+        burst = self._bursts.pop(host)
+        if burst.count > 1:
+            self._log.warn(
+                "{host}: refused {count} connections over the per-peer limit "
+                "of {limit} in {duration:.1f}s",
+                host=host,
+                count=burst.count,
+                limit=self.factory.maxPerPeer,
+                duration=burst.last - burst.began,
+            )
+
+    def flush(self) -> None:
+        """End every burst in progress now, logging its count."""
+        for host, burst in list(self._bursts.items()):
+            burst.quietCall.cancel()
+            self._burstEnded(host)
+
+
+class _Burst:
+    """Refusals for one host, close together."""
+
+    def __init__(self, began: float, quietCall: IDelayedCall) -> None:
+        self.began = self.last = began
+        self.quietCall = quietCall
+        self.count = 1

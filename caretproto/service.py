@@ -4,11 +4,12 @@ gracefully.
 
 L{CaretService} is an ordinary L{IService}: it can stand alone under twistd,
 beside other services in a L{MultiService}, or in a C{.tac} file.  It owns the
-listening ports (so that it can stop listening at once on shutdown) and, when
-stopped, lets the sessions in progress end by delivering every reply they owe.
-It knows nothing of the protocol's rules.  It accepts on behalf of its
-factory, which pauses and resumes accepting to keep its session limit
-(C{--max-connections}).
+listening ports, so that it can stop accepting when the process runs out of
+descriptors, and stop listening at once on shutdown.  Stopped, it gives the
+sessions in progress C{shutdownTimeout} seconds to end as their clients end
+them, then ends the rest, each delivering every reply it owes.  It knows
+nothing of the protocol's rules.  It accepts on behalf of its factory, which
+pauses and resumes accepting to keep its session limit (C{--max-connections}).
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IListeningPort,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from caretproto.capacity import DescriptorShortage, guardListener
 from caretproto.server import CaretFactory, describe_address
 
 
@@ -35,9 +39,14 @@ class CaretService(Service):
     Serve C{factory} on every endpoint in C{endpoints}.
 
     @ivar ports: the listening ports, once listening.
+    @ivar shutdownTimeout: seconds that sessions in progress get to end by
+        themselves when the service stops; after that they are ended, and
+        after as long again any whose client takes no replies is cut off.
+    @ivar shortage: what happens when C{accept} runs out of descriptors.
     """
 
     _log = Logger()
+    shutdownTimeout = 10.0
 
     def __init__(
         self,
@@ -50,6 +59,11 @@ class CaretService(Service):
         self._listening: Deferred[list[IListeningPort]] | None = None
         self._acceptPausedFor: set[str] = set()
         self._acceptsPerWakeup: int | None = None
+        self.clock: IReactorTime = self.factory.clock
+        self.shortage = DescriptorShortage(
+            self, self.clock, self.factory.whenSessionEnds
+        )
+        self._shutdownCall: IDelayedCall | None = None
         self.factory.acceptedBy(self)
 
     def privilegedStartService(self) -> None:
@@ -84,6 +98,7 @@ class CaretService(Service):
             self._log.info(
                 "caret listening on {address}", address=describe_address(port.getHost())
             )
+            guardListener(port, self.shortage)
             if self._acceptPausedFor:
                 _acceptor(port).stopReading()
         if self._acceptsPerWakeup is not None:
@@ -129,20 +144,60 @@ class CaretService(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop listening at once, then end every session: each delivers the
-        replies it owes and closes.  Fires when all are gone.
+        Stop listening at once, so that new clients are refused, and let the
+        sessions in progress go on for up to C{shutdownTimeout} seconds.
+        Then end the rest: each stops reading, delivers the replies it owes
+        and closes.  Fires when all are gone.
         """
         Service.stopService(self)
+        self.shortage.stop()
         ports, self.ports = self.ports, []
         self._listening = None
         self.factory.dropWaiting()
         stopped: list[Deferred[Any]] = [
             maybeDeferred(port.stopListening) for port in ports
         ]
+        sessions = self.factory.whenIdle()
+        if self.factory.sessions:
+            self._log.info(
+                "shutting down: accepting no more connections; sessions in "
+                "progress: {count}, given up to {timeout}s to end",
+                count=len(self.factory.sessions),
+                timeout=self.shutdownTimeout,
+            )
+            self._shutdownCall = self.clock.callLater(
+                self.shutdownTimeout, self._finishSessions
+            )
+            sessions.addCallback(self._sessionsEnded)
+        stopped.append(sessions)
+        return gatherResults(stopped).addCallback(lambda _: None)
+
+    def _finishSessions(self) -> None:
+        self._log.info(
+            "sessions still in progress after {timeout}s: {count}; ending them",
+            count=len(self.factory.sessions),
+            timeout=self.shutdownTimeout,
+        )
         for session in list(self.factory.sessions):
             session.finish()
-        stopped.append(self.factory.whenIdle())
-        return gatherResults(stopped).addCallback(lambda _: None)
+        self._shutdownCall = self.clock.callLater(
+            self.shutdownTimeout, self._abortSessions
+        )
+
+    def _abortSessions(self) -> None:
+        self._shutdownCall = None
+        for session in list(self.factory.sessions):
+            self._log.warn(
+                "{peer} took no replies for {timeout}s after being ended: aborting",
+                peer=session.peer,
+                timeout=self.shutdownTimeout,
+            )
+            session.transport.abortConnection()
+
+    def _sessionsEnded(self, _: None) -> None:
+        if self._shutdownCall is not None and self._shutdownCall.active():
+            self._shutdownCall.cancel()
+        self._shutdownCall = None
 
 
 def _acceptor(port: IListeningPort) -> FileDescriptor:

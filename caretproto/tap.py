@@ -16,6 +16,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
+from caretproto.capacity import OpenFilesLimit
 from caretproto.server import CaretFactory
 from caretproto.service import CaretService
 
@@ -105,6 +106,32 @@ class Options(usage.Options):
             "(1 makes a sequential server).  [default: no limit]",
             positive("max-connections", "1"),
         ],
+        [
+            "idle-timeout",
+            None,
+            None,
+            "Close a connection that has sent nothing for this many seconds "
+            "(time spent paused by flow control does not count).  "
+            "[default: no limit]",
+            positive("idle-timeout", "300", float),
+        ],
+        [
+            "max-per-peer",
+            None,
+            None,
+            "At most this many connections at once from one IP address; "
+            "further ones are closed at once, without a greeting.  "
+            "[default: no limit]",
+            positive("max-per-peer", "100"),
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            CaretService.shutdownTimeout,
+            "On SIGTERM or SIGINT, let sessions in progress go on for this "
+            "many seconds, then end them, delivering the replies they owe.",
+            positive("shutdown-timeout", "10", float),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -155,8 +182,12 @@ def makeService(options: Mapping[str, Any]) -> IService:
     L{CaretService}, named C{caret}, that listens on every C{--port}.
     """
     top = MultiService()
+    OpenFilesLimit().setServiceParent(top)
     factory = CaretFactory(maxSessions=options.get("max-connections"))
+    factory.idleTimeout = options.get("idle-timeout")
+    factory.maxPerPeer = options.get("max-per-peer")
     caret = CaretService(options["endpoints"], factory)
+    caret.shutdownTimeout = options.get("shutdown-timeout", caret.shutdownTimeout)
     caret.setName("caret")
     caret.setServiceParent(top)
     return top

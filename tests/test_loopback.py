@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
 from caretproto import CaretFactory, tap
@@ -92,11 +92,17 @@ class LoopbackTests(TestCase):
         yield self.caret.factory.whenIdle()
 
     @inlineCallbacks
-    def test_stopping_the_service_stops_listening_and_ends_sessions(self) -> Any:
+    def test_stopping_the_service_ends_sessions_after_the_shutdown_timeout(
+        self,
+    ) -> Any:
+        clock = Clock()
+        self.caret.clock = clock
         client = yield self.connect()
         client.transport.write(b"^abc")
         yield deferLater(reactor, 0.01, lambda: None)
-        yield self.top.stopService()
+        stopping = self.top.stopService()
+        clock.advance(self.caret.shutdownTimeout)
+        yield stopping
         received = yield client.done
         self.assertEqual(received, b"*bcd")
         self.top.startService()

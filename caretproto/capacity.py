@@ -1,0 +1,223 @@
+"""
+What the server does about its file descriptors: every connection is one.
+
+L{OpenFilesLimit} raises the process's open-files soft limit to its hard
+limit at start-up, so that a server started from a shell with the common
+default of 1024 can still hold thousands of connections.  L{DescriptorShortage}
+is what a L{caretproto.service.CaretService} does when C{accept} fails for
+lack of descriptors (C{EMFILE}, C{ENFILE}): stop accepting, say so once, and
+accept again when a session ends or after C{retryDelay}.  The clients that
+arrive meanwhile wait in the listen backlog.
+
+Twisted's own answer to C{EMFILE} (a reserved descriptor released to accept
+and at once close every waiting client, with a log line for each) and to
+C{ENFILE} (a log line and a return, which a level-triggered reactor turns
+into a busy loop) both write a line per attempt; L{guardListener} takes the
+listening socket's C{accept} errors before Twisted sees them.  This module is
+not the place for a connection limit chosen by the operator.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.logger import Logger
+
+from caretproto.server import Acceptor
+
+_log = Logger()
+
+SHORTAGE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE})
+"""C{accept} errors that mean: no descriptor for a new connection."""
+
+
+def raiseOpenFilesLimit() -> tuple[int, int]:
+    """
+    Raise the open-files soft limit to the hard limit, if it is lower.
+
+    @return: the soft limit before and after.
+    @raise OSError: the system refused (an unlimited hard limit, say).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return soft, hard
+    return soft, soft
+
+
+class OpenFilesLimit(Service):
+    """
+    At start-up, raise the open-files soft limit to the hard limit and log
+    both.  Start it before the services that listen.  twistd starts services
+    in two steps, C{twist} in one; either way it is done once, first.
+    """
+
+    raised = False
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        self._raise()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.raised:
+            return
+        self.raised = True
+        try:
+            before, after = raiseOpenFilesLimit()
+        except (OSError, ValueError) as error:
+            _log.warn(
+                "open files limit left at {soft}: raising it failed ({error})",
+                soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                error=error,
+            )
+            return
+        if after > before:
+            _log.info(
+                "open files limit raised from {before} to the hard limit, {after}",
+                before=before,
+                after=after,
+            )
+        else:
+            _log.info("open files limit is {limit}", limit=after)
+
+
+class DescriptorShortage:
+    """
+    One process's shortages of descriptors, as seen by C{accept}.
+
+    The first failed C{accept} stops C{acceptor} accepting and logs a warning;
+    accepting resumes when the next session ends (C{sessionEnds} fires,
+    freeing a descriptor) or after C{retryDelay} seconds (descriptors freed
+    elsewhere), whichever comes first.  Further failures in the same
+    shortage are counted, not logged.  The shortage is over when the waiting
+    clients have all been accepted (C{accept} finds none left): that is
+    logged with the count.
+
+    @ivar since: when the shortage began, or L{None} when there is none.
+    @ivar failures: failed C{accept} calls in this shortage.
+    """
+
+    reason = "descriptors"
+    retryDelay = 1.0
+
+    def __init__(
+        self,
+        acceptor: Acceptor,
+        clock: IReactorTime,
+        sessionEnds: Callable[[], Deferred[None]],
+    ) -> None:
+        self.acceptor = acceptor
+        self.clock = clock
+        self.sessionEnds = sessionEnds
+        self.since: float | None = None
+        self.failures = 0
+        self._retryCall: IDelayedCall | None = None
+        self._sessionEnd: Deferred[None] | None = None
+
+    def failed(self, code: int) -> None:
+        """C{accept} failed with C{code}, one of L{SHORTAGE_ERRORS}."""
+        self.failures += 1
+        if self.since is None:
+            self.since = self.clock.seconds()
+            _log.warn(
+                "cannot accept connections: {error} ({strerror}); new clients "
+                "wait until descriptors free up",
+                error=errno.errorcode[code],
+                strerror=os.strerror(code),
+            )
+        self.acceptor.pauseAccepting(self.reason)
+        if self._retryCall is None:
+            self._retryCall = self.clock.callLater(self.retryDelay, self.retry)
+        if self._sessionEnd is None:
+            self._sessionEnd = self.sessionEnds()
+            self._sessionEnd.addCallback(self._sessionEnded)
+
+    def _sessionEnded(self, _: None) -> None:
+        self._sessionEnd = None
+        self.retry()
+
+    def caughtUp(self) -> None:
+        """C{accept} found no client waiting."""
+        if self.since is None:
+            return
+        _log.info(
+            "accepting connections again after {duration:.1f}s short of "
+            "descriptors ({failures} accept attempts failed)",
+            duration=self.clock.seconds() - self.since,
+            failures=self.failures,
+        )
+        self.since = None
+        self.failures = 0
+
+    def retry(self) -> None:
+        """A descriptor may be free: try accepting again."""
+        if self._retryCall is not None:
+            if self._retryCall.active():
+                self._retryCall.cancel()
+            self._retryCall = None
+        self.acceptor.resumeAccepting(self.reason)
+
+    def stop(self) -> None:
+        """No more retries: the ports are closing."""
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        self._retryCall = None
+
+
+class _GuardedListener:
+    """
+    A listening socket whose C{accept} reports shortages to a
+    L{DescriptorShortage} and, to Twisted, pretends that no client is
+    waiting: the port then returns quietly, and the shortage has already
+    stopped it reading.  Everything else is the socket's own.
+    """
+
+    def __init__(self, listener: socket.socket, shortage: DescriptorShortage) -> None:
+        self._listener = listener
+        self._shortage = shortage
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        try:
+            return self._listener.accept()
+        except BlockingIOError:
+            self._shortage.caughtUp()
+            raise
+        except OSError as error:
+            if error.errno not in SHORTAGE_ERRORS:
+                raise
+            self._shortage.failed(error.errno)
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._listener, name)
+
+
+def guardListener(port: IListeningPort, shortage: DescriptorShortage) -> bool:
+    """
+    Route C{port}'s C{accept} errors through C{shortage}.
+
+    Every stream port Twisted ships (TCP, UNIX, and those that TLS, PROXY
+    and systemd endpoints build on them) accepts from its C{socket}
+    attribute; a port without one is left alone.
+
+    @return: whether C{port} is guarded.
+    """
+    listener = getattr(port, "socket", None)
+    if isinstance(listener, _GuardedListener):
+        return True
+    if not isinstance(listener, socket.socket):
+        return False
+    port.socket = _GuardedListener(listener, shortage)  # type: ignore[attr-defined]
+    return True

@@ -1,0 +1,93 @@
+"""
+SIGTERM and SIGINT on a real C{twistd -n caret}: stop listening at once, let
+the sessions in progress finish within C{--shutdown-timeout}, exit.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from twisted.internet import reactor, task
+from twisted.internet.error import ConnectionRefusedError
+from twisted.trial.unittest import TestCase
+
+from caretproto.rules import GREETING, State, feed
+from tests.loopback import connect
+from tests.twistd import start
+
+
+async def refused(port: int) -> bool:
+    """
+    Whether connecting to C{port} is refused, within a second: a connect that
+    races the closing of the listening socket may be completed by the kernel
+    first, but it must then be closed without a greeting.
+    """
+    for _ in range(20):
+        try:
+            client = await connect(port)
+        except ConnectionRefusedError:
+            return True
+        if await client.done:
+            return False
+        await task.deferLater(reactor, 0.05)
+    return False
+
+
+def expectedReplies(*sends: bytes) -> bytes:
+    state, replies = State.WAIT_FOR_MSG, b""
+    for chunk in sends:
+        state, reply, _ = feed(state, chunk)
+        replies += reply
+    return replies
+
+
+# The reference session of PROTOCOL.md: what to send, and how long to wait
+# after it.
+REFERENCE = [(b"^abc$de^abte$f", 1.0), (b"xyz^123", 1.0), (b"25$^ab0000$abab", 0.2)]
+
+
+class SignalTests(TestCase):
+    timeout = 60
+
+    async def test_sigterm_lets_a_reference_session_finish(self) -> None:
+        child, port = await start(self, "--shutdown-timeout", "5")
+        client = await connect(port)
+        await client.receivedAtLeast(len(GREETING))
+        expected = GREETING + expectedReplies(*(data for data, _ in REFERENCE))
+        signalled = None
+        for data, wait in REFERENCE:
+            client.transport.write(data)  # type: ignore[union-attr]
+            if signalled is None:
+                child.signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                await child.whenLogged("sessions in progress: 1, given up to 5.0s")
+                await child.whenLogged(f"TCP Port {port} Closed")
+                self.assertTrue(await refused(port), "\n".join(child.lines))
+            await task.deferLater(reactor, wait)
+        await client.receivedAtLeast(len(expected))
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        self.assertEqual(await client.done, expected)
+        self.assertEqual(await child.ended, -signal.SIGTERM)
+        self.assertLess(time.monotonic() - signalled, 5)
+        self.assertEqual(child.count("sessions still in progress"), 0)
+
+    async def test_sigint_without_sessions_exits_at_once(self) -> None:
+        child, _ = await start(self)
+        child.signal(signal.SIGINT)
+        began = time.monotonic()
+        self.assertEqual(await child.ended, -signal.SIGINT)
+        self.assertLess(time.monotonic() - began, 3)
+        self.assertEqual(child.count("Received SIGINT"), 1)
+
+    async def test_session_left_at_the_timeout_gets_its_replies_then_eof(
+        self,
+    ) -> None:
+        child, port = await start(self, "--shutdown-timeout", "1")
+        client = await connect(port)
+        client.transport.write(b"^abc")  # type: ignore[union-attr]
+        await client.receivedAtLeast(len(GREETING + b"bcd"))
+        child.signal(signal.SIGTERM)
+        self.assertEqual(await client.done, GREETING + b"bcd")
+        self.assertEqual(await child.ended, -signal.SIGTERM)
+        self.assertEqual(child.count("sessions still in progress after 1.0s: 1;"), 1)

@@ -1,0 +1,86 @@
+"""
+The limit options of C{twistd caret}: parsed into the factory and service,
+and bad values refused with a message naming the option.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IServiceCollection
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+
+from caretproto import capacity
+from caretproto.capacity import OpenFilesLimit
+from caretproto.service import CaretService
+from caretproto.tap import Options, makeService
+from tests.fakes import messages
+
+
+def caretService(*argv: str) -> CaretService:
+    options = Options()
+    options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", *argv])
+    top = makeService(options)
+    assert IServiceCollection.providedBy(top)
+    service = top.getServiceNamed("caret")  # type: ignore[attr-defined]
+    assert isinstance(service, CaretService)
+    return service
+
+
+class LimitOptionsTests(TestCase):
+    def test_limits_are_off_by_default_and_shutdown_waits_ten_seconds(
+        self,
+    ) -> None:
+        service = caretService()
+        self.assertIsNone(service.factory.idleTimeout)
+        self.assertIsNone(service.factory.maxPerPeer)
+        self.assertEqual(service.shutdownTimeout, 10.0)
+
+    def test_options_reach_the_factory_and_service(self) -> None:
+        service = caretService(
+            "--idle-timeout", "2.5", "--max-per-peer", "3", "--shutdown-timeout", "4"
+        )
+        self.assertEqual(service.factory.idleTimeout, 2.5)
+        self.assertEqual(service.factory.maxPerPeer, 3)
+        self.assertEqual(service.shutdownTimeout, 4.0)
+
+    def test_open_files_limit_is_raised_before_listening(self) -> None:
+        options = Options()
+        options.parseOptions(["--port", "tcp:0:interface=127.0.0.1"])
+        first, second = list(makeService(options))  # type: ignore[call-overload]
+        self.assertIsInstance(first, OpenFilesLimit)
+        self.assertIsInstance(second, CaretService)
+
+    def test_bad_values_name_the_option(self) -> None:
+        for option, value in [
+            ("--idle-timeout", "0"),
+            ("--idle-timeout", "soon"),
+            ("--max-per-peer", "-1"),
+            ("--max-per-peer", "1.5"),
+            ("--shutdown-timeout", "never"),
+        ]:
+            with self.assertRaises(usage.UsageError) as raised:
+                Options().parseOptions([option, value])
+            self.assertIn(f"{option} takes a positive number", str(raised.exception))
+
+
+class OpenFilesLimitTests(TestCase):
+    def test_soft_limit_is_raised_once_whichever_way_the_service_starts(
+        self,
+    ) -> None:
+        calls: list[str] = []
+        self.patch(
+            capacity, "raiseOpenFilesLimit", lambda: calls.append("raise") or (1, 2)
+        )
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        twistd = OpenFilesLimit()
+        twistd.privilegedStartService()
+        twistd.startService()
+        twist = OpenFilesLimit()
+        twist.startService()
+        self.assertEqual(calls, ["raise", "raise"])
+        self.assertEqual(
+            messages(logged),
+            ["open files limit raised from 1 to the hard limit, 2"] * 2,
+        )
