@@ -108,7 +108,7 @@ class HeaderFirstTests(SynchronousTestCase):
     def test_the_clients_half_close_reaches_the_session(self) -> None:
         wrapper, transport, _ = self.connect()
         wrapper.dataReceived(HEADER + b"^ab")
-        wrapper.readConnectionLost()  # type: ignore[attr-defined]
+        wrapper.readConnectionLost()
         self.assertEqual(transport.value(), b"*bc")
         self.assertTrue(transport.disconnecting)
 

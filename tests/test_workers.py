@@ -19,6 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
     UNIXServerEndpoint,
     connectProtocol,
     wrapClientTLS,
@@ -34,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from caretproto.server import CaretFactory
+from caretproto.service import CaretService
 from caretproto.workers import (
     ParentLink,
     WorkerPool,
@@ -77,7 +79,7 @@ class ProcessReactor(MemoryReactorClock):
         self.spawned: list[Spawned] = []
         self.spawnError: OSError | None = None
 
-    def spawnProcess(  # type: ignore[override]
+    def spawnProcess(
         self,
         protocol: ProcessProtocol,
         executable: str,
@@ -93,7 +95,7 @@ class ProcessReactor(MemoryReactorClock):
             raise self.spawnError
         process = FakeProcess(1000 + len(self.spawned))
         self.spawned.append(Spawned(protocol, args, childFDs or {}, process))
-        protocol.makeConnection(process)  # type: ignore[arg-type]
+        protocol.makeConnection(process)
         return process
 
 
@@ -335,7 +337,7 @@ class Parent:
 
 class InheritedEndpointTests(TestCase):
     def parentTCP(self) -> Parent:
-        return Parent(self, reactor.listenTCP(0, Factory(), interface="127.0.0.1"))  # type: ignore[attr-defined]
+        return Parent(self, reactor.listenTCP(0, Factory(), interface="127.0.0.1"))
 
     @inlineCallbacks
     def listen(
@@ -429,6 +431,25 @@ class InheritedEndpointTests(TestCase):
         client.transport.loseConnection()
 
 
+class SharedListeningTests(TestCase):
+    @inlineCallbacks
+    def test_a_parent_that_stops_listening_leaves_its_workers_accepting(
+        self,
+    ) -> Any:
+        parent = CaretService([TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")])
+        parent.startService()
+        parent.pauseAccepting("the workers accept")
+        address = parent.ports[0].getHost()
+        [fd] = parent.shareListening()
+        endpoint = inheritedEndpoint(reactor, "tcp:1", os.dup(fd), 50)
+        worker = yield endpoint.listen(CaretFactory())
+        self.addCleanup(worker.stopListening)
+        yield parent.stopService()
+        client = yield connect(f"tcp:127.0.0.1:{address.port}")
+        self.assertEqual((yield client.receivedAtLeast(1)), b"*")
+        client.transport.loseConnection()
+
+
 class ParentLinkTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.addCleanup(signal.signal, signal.SIGINT, signal.getsignal(signal.SIGINT))
@@ -441,12 +462,12 @@ class ParentLinkTests(SynchronousTestCase):
 
     def test_a_worker_stops_when_its_parent_is_gone(self) -> None:
         os.write(self.writeEnd, b"x")
-        self.assertIsNone(self.pipe.doRead())  # type: ignore[attr-defined]
+        self.assertIsNone(self.pipe.doRead())
         self.assertFalse(self.reactor.hasStopped)
         os.close(self.writeEnd)
-        reason = self.pipe.doRead()  # type: ignore[attr-defined]
+        reason = self.pipe.doRead()
         self.assertIsNotNone(reason)
-        self.pipe.connectionLost(Failure(reason))  # type: ignore[attr-defined]
+        self.pipe.connectionLost(Failure(reason))
         self.assertTrue(self.reactor.hasStopped)
 
     def test_a_worker_leaves_interrupts_to_its_parent(self) -> None:
