@@ -15,7 +15,7 @@ with C{cc}, so that it costs the machine little beside the server it
 measures: a Python client would need about as much CPU as the server.  It is
 a stand-in; C{caret-bench} (issue 5) should replace it once merged.
 
-    python benchmarks/workers.py [--rounds 5] [--seconds 5] [--workers 2]
+    python benchmarks/workers.py [--rounds 10] [--seconds 2] [--workers 2]
 
 Not a test: it takes a minute and its figures depend on the machine.
 """
@@ -212,15 +212,15 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
     def run(server: Server) -> float:
-        measure(loadgen, server.port, args.connections, 1.0, args.size)
+        measure(loadgen, server.port, args.connections, 0.5, args.size)
         return measure(loadgen, server.port, args.connections, args.seconds, args.size)
 
     print(

@@ -179,9 +179,11 @@ class Options(usage.Options):
             "workers",
             None,
             1,
-            "Serve in this many worker processes, or auto for one per CPU; "
-            "this process binds every --port, hands the sockets to the "
-            "workers and restarts any that dies.  1 serves in this process.",
+            "Serve in this many worker processes, or auto for one per CPU: "
+            "this process binds every --port and hands the sockets to the "
+            "workers, replacing any that dies; every other option applies "
+            "to each worker (--max-connections is per worker).  1 serves in "
+            "this process.",
             workerCount,
         ],
         [
