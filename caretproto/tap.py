@@ -50,10 +50,12 @@ ENDPOINT_EXAMPLES = (
 # Endpoint types that listen themselves and so accept a backlog= argument.
 _BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "haproxy"})
 
-WORKERS_DRAIN_TIMEOUT = 30.0
+WORKERS_KILL_MARGIN = 5.0
 """
-Seconds that workers get, after SIGTERM, to drain their sessions before the
-parent kills them.
+A worker drains as L{CaretService.stopService} does: its sessions get
+C{--shutdown-timeout} seconds to end, then are ended and get as long again to
+take their replies.  The parent kills a worker still running this many
+seconds after that.
 """
 
 
@@ -288,7 +290,7 @@ def makeService(options: Mapping[str, Any]) -> IService:
             options["workers"],
             workerCommand(options["argv"], len(options["endpoints"])),
             caret.shareListening,
-            killAfter=WORKERS_DRAIN_TIMEOUT,
+            killAfter=2 * caret.shutdownTimeout + WORKERS_KILL_MARGIN,
         )
         pool.setName("workers")
         pool.setServiceParent(top)

@@ -250,11 +250,17 @@ class WorkersTests(TestCase):
         self.assertNotEqual(replacement, victim)
         yield self.sessions(address, 20)
 
+        # A session in progress goes on through the drain, and ends as its
+        # client ends it.
         client = yield connect(f"tcp:{address}")
         client.transport.write(b"^abc")
         yield client.receivedAtLeast(4)
         twistd.transport.signalProcess(signal.SIGTERM)
-        self.assertEqual((yield client.done), b"*bcd")
+        yield twistd.logged(rb"sessions in progress: 1, given up to 10.0s to end")
+        client.transport.write(b"de$^f")
+        yield client.receivedAtLeast(7)
+        client.transport.loseWriteConnection()
+        self.assertEqual((yield client.done), b"*bcdefg")
         ended = yield twistd.ended
         self.assertEqual(ended.signal, signal.SIGTERM)
         log = twistd.output.decode()
