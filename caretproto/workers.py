@@ -13,7 +13,9 @@ sockets, sockets inherited from systemd and ports below 1024 bound before
 twistd drops privileges all work, none of which C{SO_REUSEPORT} can do; a
 client waiting in the shared listen queue is accepted by another worker when
 one dies, where a C{SO_REUSEPORT} socket's queue dies with its process; and no
-other program can bind the same port and take a share of the clients.
+other program can bind the same port and take a share of the clients.  What
+C{SO_REUSEPORT} does better, spreading a burst of connections evenly, the
+workers get by accepting one connection each time the socket is ready.
 
 The parent side is L{WorkerPool}: it starts the workers, relays their log
 events into its own log (marked with the worker's number and pid), replaces a
@@ -204,7 +206,6 @@ class WorkerPool(Service):
         for offset, fd in enumerate(self.descriptors()):
             childFDs[FIRST_FD + offset] = fd
         worker.startedAt = self._clock.seconds()
-        self.workers[index] = worker
         try:
             self._processes.spawnProcess(
                 worker,
@@ -213,10 +214,34 @@ class WorkerPool(Service):
                 env=dict(os.environ),
                 childFDs=childFDs,
             )
-        except OSError:
-            self.workerEnded(worker, Failure())
+        except OSError as error:
+            delay = self._replaceLater(index, 0.0)
+            self.log.error(
+                "worker {index} could not be started: {error}; trying again "
+                "in {delay:.1f}s",
+                index=index,
+                error=error,
+                delay=delay,
+            )
             return
+        self.workers[index] = worker
         self.log.info("worker {index} started: pid {pid}", index=index, pid=worker.pid)
+
+    def _replaceLater(self, index: int, lived: float) -> float:
+        """
+        Start worker C{index} anew, after a worker that ran for C{lived}
+        seconds died: at once after a steady run, later and later after quick
+        deaths in a row.  Returns the delay.
+        """
+        if lived >= self.steadyAfter:
+            self._quickDeaths[index] = 0
+            delay = 0.0
+        else:
+            deaths = self._quickDeaths.get(index, 0)
+            self._quickDeaths[index] = deaths + 1
+            delay = self.restartDelay(deaths)
+        self._restarts[index] = self._clock.callLater(delay, self._start, index)
+        return delay
 
     def relay(self, worker: _Worker, childFD: int, line: bytes) -> None:
         """
@@ -265,13 +290,7 @@ class WorkerPool(Service):
                 self._ended()
             return
         lived = self._clock.seconds() - worker.startedAt
-        if lived >= self.steadyAfter:
-            self._quickDeaths[worker.index] = 0
-            delay = 0.0
-        else:
-            deaths = self._quickDeaths.get(worker.index, 0)
-            self._quickDeaths[worker.index] = deaths + 1
-            delay = self.restartDelay(deaths)
+        delay = self._replaceLater(worker.index, lived)
         self.log.error(
             "worker {index} (pid {pid}) died after {lived:.1f}s: {status}; "
             "starting another in {delay:.1f}s",
@@ -280,9 +299,6 @@ class WorkerPool(Service):
             lived=lived,
             status=status,
             delay=delay,
-        )
-        self._restarts[worker.index] = self._clock.callLater(
-            delay, self._start, worker.index
         )
 
     def stopService(self) -> Deferred[None]:
@@ -347,6 +363,9 @@ def _logEvent(text: str) -> dict[str, Any] | None:
         return None
     if not isinstance(event, dict) or "log_time" not in event:
         return None
+    for key in ["log_logger", "log_source"]:
+        if event.get(key) == _UNPERSISTABLE:
+            del event[key]
     # Twisted formats a flattened event without the fields' format specs
     # ({duration:.3f}); when every field came through JSON as itself, let it
     # format the fields instead.

@@ -178,7 +178,12 @@ class PoolTests(SynchronousTestCase):
         self.reactor.spawnError = OSError(errno.EAGAIN, "fork failed")
         self.pool.startService()
         self.assertEqual(self.reactor.spawned, [])
-        self.assertIn("fork failed; starting another in 1.0s", self.messages()[0])
+        self.assertEqual(
+            self.messages()[0],
+            "worker 1 could not be started: [Errno 11] fork failed; trying "
+            "again in 1.0s",
+        )
+        self.assertEqual(self.pool.workers, {})
         self.reactor.spawnError = None
         self.reactor.advance(1.0)
         self.assertEqual(len(self.reactor.spawned), 2)
@@ -269,6 +274,7 @@ class RelayTests(SynchronousTestCase):
         )
         self.assertEqual((event["worker"], event["worker_pid"]), (1, 1000))
         self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertNotIn("log_logger", event)
 
     def test_a_field_json_cannot_hold_is_formatted_as_the_worker_saw_it(
         self,
