@@ -37,6 +37,9 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+
+# Twisted exports only proxyEndpoint; the wrapper is extended here rather than
+# its parser copied.  tests/test_proxy.py pins what this relies on.
 from twisted.protocols.haproxy._info import ProxyInfo
 from twisted.protocols.haproxy._wrapper import (
     HAProxyProtocolWrapper,
