@@ -284,7 +284,7 @@ def makeService(options: Mapping[str, Any]) -> IService:
     caret.shutdownTimeout = options.get("shutdown-timeout", caret.shutdownTimeout)
     caret.setName("caret")
     caret.setServiceParent(top)
-    if options["workers"] > 1:
+    if options.get("workers", 1) > 1:
         caret.pauseAccepting("the workers accept")
         pool = WorkerPool(
             options["workers"],
@@ -294,6 +294,6 @@ def makeService(options: Mapping[str, Any]) -> IService:
         )
         pool.setName("workers")
         pool.setServiceParent(top)
-    elif options["worker-fds"] is not None:
+    elif options.get("worker-fds") is not None:
         ParentLink().setServiceParent(top)
     return top
