@@ -199,6 +199,22 @@ class CaretService(Service):
             self._shutdownCall.cancel()
         self._shutdownCall = None
 
+    def shareListening(self) -> list[int]:
+        """
+        The listening sockets' file descriptors, for other processes to
+        accept on too.  From now on, stopping closes them in this process
+        only: shutting a listening socket down would end it in every process
+        that holds it and reset the clients waiting in its queue.
+        """
+        shared = []
+        for port in self.ports:
+            acceptor = _acceptor(port)
+            # twisted.internet.tcp.Port's own switch, which it turns off for
+            # the sockets it adopts.
+            acceptor._shouldShutdown = False  # type: ignore[attr-defined]
+            shared.append(acceptor.fileno())
+        return shared
+
 
 def _acceptor(port: IListeningPort) -> FileDescriptor:
     """

@@ -9,16 +9,27 @@ module turns options into services; it holds no protocol logic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
+from caretproto import proxy
 from caretproto.capacity import OpenFilesLimit
 from caretproto.server import CaretFactory
 from caretproto.service import CaretService
+from caretproto.workers import (
+    ADOPTABLE,
+    ParentLink,
+    WorkerPool,
+    adoptable,
+    inheritedEndpoint,
+    workerCommand,
+)
 
 DEFAULT_PORT = "9090"
 
@@ -38,6 +49,14 @@ ENDPOINT_EXAMPLES = (
 
 # Endpoint types that listen themselves and so accept a backlog= argument.
 _BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "haproxy"})
+
+WORKERS_KILL_MARGIN = 5.0
+"""
+A worker drains as L{CaretService.stopService} does: its sessions get
+C{--shutdown-timeout} seconds to end, then are ended and get as long again to
+take their replies.  The parent kills a worker still running this many
+seconds after that.
+"""
 
 
 def endpointDescription(port: str, backlog: int = DEFAULT_BACKLOG) -> str:
@@ -76,6 +95,32 @@ def positive(
 
     check.coerceDoc = f"A positive number, like {example}."  # type: ignore[attr-defined]
     return check
+
+
+def workerCount(value: str) -> int:
+    """C{--workers}: a positive number, or C{auto} for one per CPU."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    try:
+        return int(positive("workers", "4")(value))
+    except usage.UsageError:
+        raise usage.UsageError(
+            f"--workers takes a positive number or auto, like --workers 4 or "
+            f"--workers auto; got {value!r}"
+        ) from None
+
+
+workerCount.coerceDoc = "A positive number, or auto for one per CPU."  # type: ignore[attr-defined]
+
+
+def inheritedDescriptors(value: str) -> list[int]:
+    """C{--worker-fds}: descriptor numbers, separated by commas."""
+    try:
+        return [int(fd) for fd in value.split(",")]
+    except ValueError:
+        raise usage.UsageError(
+            f"--worker-fds takes descriptor numbers like 3,4; got {value!r}"
+        ) from None
 
 
 class Options(usage.Options):
@@ -132,11 +177,35 @@ class Options(usage.Options):
             "many seconds, then end them, delivering the replies they owe.",
             positive("shutdown-timeout", "10", float),
         ],
+        [
+            "workers",
+            None,
+            1,
+            "Serve in this many worker processes, or auto for one per CPU: "
+            "this process binds every --port and hands the sockets to the "
+            "workers, replacing any that dies; every other option applies "
+            "to each worker (--max-connections is per worker).  1 serves in "
+            "this process.",
+            workerCount,
+        ],
+        [
+            "worker-fds",
+            None,
+            None,
+            "Internal: set by --workers for a worker, the descriptors of the "
+            "listening sockets it inherits, one per --port.",
+            inheritedDescriptors,
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["port"] = []
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        # Kept for --workers, whose workers run with the same options.
+        self["argv"] = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_port(self, port: str) -> None:
         """
@@ -157,29 +226,54 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["port"]:
             self["port"] = [DEFAULT_PORT]
+        inherited = self["worker-fds"]
+        if inherited is None:
+            inherited = [None] * len(self["port"])
+        elif self["workers"] != 1 or len(inherited) != len(self["port"]):
+            raise usage.UsageError(
+                "--worker-fds is for the workers that --workers starts, with "
+                "one descriptor per --port"
+            )
         self["endpoints"] = [
-            _parseEndpoint(endpointDescription(port, self["backlog"]), port)
-            for port in self["port"]
+            self._endpoint(port, fd)
+            for port, fd in zip(self["port"], inherited, strict=True)
         ]
 
+    def _endpoint(self, port: str, inherited: int | None) -> IStreamServerEndpoint:
+        """
+        The endpoint for C{--port PORT}: listening, or, in a worker, on the
+        socket inherited as descriptor C{inherited}.
+        """
+        from twisted.internet import reactor
 
-def _parseEndpoint(description: str, given: str) -> IStreamServerEndpoint:
-    from twisted.internet import endpoints, reactor
-
-    try:
-        return endpoints.serverFromString(reactor, description)
-    except Exception as error:
-        raise usage.UsageError(
-            f"--port {given!r} is not a usable endpoint ({error}); "
-            f"use a port number or a Twisted endpoint description, like "
-            f"{ENDPOINT_EXAMPLES}"
-        ) from None
+        description = endpointDescription(port, self["backlog"])
+        if self["workers"] > 1 and not adoptable(description):
+            raise usage.UsageError(
+                f"--port {port!r} cannot be shared by --workers, which take "
+                f"over {', '.join(sorted(ADOPTABLE))} sockets, alone or "
+                f"behind haproxy:"
+            )
+        try:
+            if inherited is None:
+                return proxy.serverFromString(reactor, description)
+            return inheritedEndpoint(reactor, description, inherited, self["backlog"])
+        except Exception as error:
+            raise usage.UsageError(
+                f"--port {port!r} is not a usable endpoint ({error}); "
+                f"use a port number or a Twisted endpoint description, like "
+                f"{ENDPOINT_EXAMPLES}"
+            ) from None
 
 
 def makeService(options: Mapping[str, Any]) -> IService:
     """
     The caret server for parsed C{options}: a L{MultiService} holding a
     L{CaretService}, named C{caret}, that listens on every C{--port}.
+
+    With C{--workers N}, the C{caret} service only listens, and a
+    L{WorkerPool} named C{workers} runs the N processes that accept.  A
+    worker (C{--worker-fds}) is the plain server on inherited sockets, with a
+    L{ParentLink}.
     """
     top = MultiService()
     OpenFilesLimit().setServiceParent(top)
@@ -190,4 +284,16 @@ def makeService(options: Mapping[str, Any]) -> IService:
     caret.shutdownTimeout = options.get("shutdown-timeout", caret.shutdownTimeout)
     caret.setName("caret")
     caret.setServiceParent(top)
+    if options.get("workers", 1) > 1:
+        caret.pauseAccepting("the workers accept")
+        pool = WorkerPool(
+            options["workers"],
+            workerCommand(options["argv"], len(options["endpoints"])),
+            caret.shareListening,
+            killAfter=2 * caret.shutdownTimeout + WORKERS_KILL_MARGIN,
+        )
+        pool.setName("workers")
+        pool.setServiceParent(top)
+    elif options.get("worker-fds") is not None:
+        ParentLink().setServiceParent(top)
     return top

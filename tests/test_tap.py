@@ -6,9 +6,11 @@ backlog, usage errors, and the service L{caretproto.tap.makeService} builds.
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 from twisted.application.service import IService, IServiceMaker, MultiService
+from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
@@ -16,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from caretproto import tap
 from caretproto.service import CaretService
+from caretproto.workers import ParentLink, WorkerPool
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,6 +104,74 @@ class ServiceTests(SynchronousTestCase):
         caret = service.getServiceNamed("caret")
         assert isinstance(caret, CaretService)
         self.assertEqual(len(caret.endpoints), 2)
+
+
+class WorkersOptionTests(SynchronousTestCase):
+    def test_one_process_by_default(self) -> None:
+        options = parse("--port", "tcp:0")
+        self.assertEqual(options["workers"], 1)
+        top = tap.makeService(options)
+        assert isinstance(top, MultiService)
+        self.assertNotIn("workers", [service.name for service in top])
+        self.assertNotIn(ParentLink, [type(service) for service in top])
+
+    def test_auto_is_one_worker_per_cpu(self) -> None:
+        self.assertEqual(parse("--workers", "auto")["workers"], os.cpu_count())
+
+    def test_bad_workers_names_the_option_and_its_forms(self) -> None:
+        for bad in ["0", "-2", "many", "1.5"]:
+            error = self.assertRaises(UsageError, parse, "--workers", bad)
+            self.assertIn("--workers 4 or --workers auto", str(error))
+            self.assertIn(repr(bad), str(error))
+
+    def test_workers_cannot_share_a_port_they_could_not_take_over(self) -> None:
+        error = self.assertRaises(
+            UsageError, parse, "--workers", "2", "--port", "9090", "--port", "stdio:"
+        )
+        self.assertIn("--port 'stdio:' cannot be shared by --workers", str(error))
+
+    def test_with_workers_this_process_listens_but_the_workers_accept(
+        self,
+    ) -> None:
+        argv = ["--workers", "3", "--port", "tcp:0", "--port", "unix:/tmp/w.sock"]
+        top = tap.makeService(parse(*argv))
+        assert isinstance(top, MultiService)
+        caret = top.getServiceNamed("caret")
+        assert isinstance(caret, CaretService)
+        self.assertFalse(caret.accepting)
+        pool = top.getServiceNamed("workers")
+        assert isinstance(pool, WorkerPool)
+        self.assertEqual(pool.count, 3)
+        self.assertEqual(
+            pool.command[-len(argv) - 2 :],
+            [*argv, "--workers=1", "--worker-fds=3,4"],
+        )
+
+    def test_workers_are_killed_only_once_their_drain_could_be_over(self) -> None:
+        top = tap.makeService(parse("--workers", "2", "--shutdown-timeout", "7"))
+        assert isinstance(top, MultiService)
+        pool = top.getServiceNamed("workers")
+        assert isinstance(pool, WorkerPool)
+        self.assertEqual(pool.killAfter, 2 * 7 + tap.WORKERS_KILL_MARGIN)
+
+    def test_a_worker_listens_on_the_sockets_it_inherits(self) -> None:
+        options = parse("--port", "9090", "--workers=1", "--worker-fds=3")
+        [endpoint] = options["endpoints"]
+        self.assertIsInstance(endpoint, TCP4ServerEndpoint)
+        self.assertNotIsInstance(endpoint._reactor, type(reactor))
+        top = tap.makeService(options)
+        assert isinstance(top, MultiService)
+        self.assertIsInstance(top.getServiceNamed("caret"), CaretService)
+        self.assertIn(ParentLink, [type(service) for service in top])
+
+    def test_a_worker_inherits_one_socket_per_port(self) -> None:
+        for argv in [
+            ["--port", "9090", "--worker-fds=3,4"],
+            ["--port", "9090", "--workers=2", "--worker-fds=3"],
+            ["--port", "9090", "--worker-fds=three"],
+        ]:
+            error = self.assertRaises(UsageError, parse, *argv)
+            self.assertIn("--worker-fds", str(error))
 
 
 class PluginTests(SynchronousTestCase):

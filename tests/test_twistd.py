@@ -16,11 +16,14 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from caretproto.session import REFERENCE_SCRIPT, runSessions
 from tests.rawclient import connect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +50,7 @@ class Twistd(ProcessProtocol):
         self.listening: Deferred[list[str]] = Deferred()
         self.ended: Deferred[ProcessDone | ProcessTerminated] = Deferred()
         self._addresses: list[str] = []
+        self._waiting: list[tuple[re.Pattern[bytes], int, Deferred[list[Any]]]] = []
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
@@ -55,12 +59,31 @@ class Twistd(ProcessProtocol):
         ]
         if found and not self.listening.called:
             self.listening.callback(found)
+        waiting, self._waiting = self._waiting, []
+        for pattern, count, waiter in waiting:
+            matches = pattern.findall(self.output)
+            if len(matches) >= count:
+                waiter.callback(matches)
+            else:
+                self._waiting.append((pattern, count, waiter))
 
     errReceived = outReceived
+
+    def logged(self, pattern: bytes, count: int = 1) -> Deferred[list[Any]]:
+        """
+        Fires with every match of C{pattern} in the log (as
+        L{re.Pattern.findall} gives them) once there are C{count}.
+        """
+        waiter: Deferred[list[Any]] = Deferred()
+        self._waiting.append((re.compile(pattern), count, waiter))
+        self.outReceived(b"")
+        return waiter
 
     def processEnded(self, reason: Failure) -> None:
         if not self.listening.called:
             self.listening.errback(AssertionError(self.output.decode()))
+        for _, _, waiter in self._waiting:
+            waiter.errback(AssertionError(self.output.decode()))
         self.ended.callback(reason.value)
 
     @classmethod
@@ -165,6 +188,95 @@ class TwistdCaretTests(TestCase):
         self.assertNotEqual(ended.exitCode, 0)
         log = twistd.output.decode()
         self.assertIn("--port 'tcp:notaport'", log)
+        self.assertNotIn("Traceback", log)
+
+
+WORKER_LISTENING = (
+    rb"\[worker (\d+) pid (\d+) caretproto\.service\.CaretService#info\] "
+    rb"caret listening on"
+)
+WORKER_SERVED = (
+    rb"\[worker \d+ pid (\d+) caretproto\.server\.CaretProtocol#info\] "
+    rb"127\.0\.0\.1:\d+ connected"
+)
+QUICK_SCRIPT = [(data, 0.05) for data, _ in REFERENCE_SCRIPT]
+
+
+class WorkersTests(TestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def sessions(self, address: str, count: int) -> Any:
+        """The reference session, its pauses shortened, C{count} at once."""
+        host, port = address.rsplit(":", 1)
+        report = yield runSessions(
+            reactor,
+            TCP4ClientEndpoint(reactor, host, int(port)),
+            count,
+            Logger(observer=lambda event: None),
+            QUICK_SCRIPT,
+            timeout=30,
+        )
+        self.assertIsNone(report.summary())
+
+    @inlineCallbacks
+    def test_workers_serve_together_are_replaced_and_drain_on_sigterm(
+        self,
+    ) -> Any:
+        twistd = Twistd.start(
+            self, "caret", "--workers", "2", "--port", "tcp:0:interface=127.0.0.1"
+        )
+        address = (yield twistd.listening)[0]
+        pids = {pid for _, pid in (yield twistd.logged(WORKER_LISTENING, 2))}
+        self.assertEqual(len(pids), 2)
+
+        # Which worker accepts is up to the kernel: enough sessions and both
+        # have served.
+        for _ in range(5):
+            yield self.sessions(address, 20)
+            served = set(re.findall(WORKER_SERVED, twistd.output))
+            if served == pids:
+                break
+        self.assertEqual(served, pids)
+
+        victim = min(pids)
+        os.kill(int(victim), signal.SIGKILL)
+        yield twistd.logged(
+            rb"worker \d \(pid %s\) died after [\d.]+s: SIGKILL; starting another"
+            % victim
+        )
+        listening = yield twistd.logged(WORKER_LISTENING, 3)
+        [replacement] = {pid for _, pid in listening} - pids
+        self.assertNotEqual(replacement, victim)
+        yield self.sessions(address, 20)
+
+        # A session in progress goes on through the drain, and ends as its
+        # client ends it.
+        client = yield connect(f"tcp:{address}")
+        client.transport.write(b"^abc")
+        yield client.receivedAtLeast(4)
+        twistd.transport.signalProcess(signal.SIGTERM)
+        yield twistd.logged(rb"sessions in progress: 1, given up to 10.0s to end")
+        client.transport.write(b"de$^f")
+        yield client.receivedAtLeast(7)
+        client.transport.loseWriteConnection()
+        self.assertEqual((yield client.done), b"*bcdefg")
+        ended = yield twistd.ended
+        self.assertEqual(ended.signal, signal.SIGTERM)
+        log = twistd.output.decode()
+        self.assertRegex(log, r"worker 1 \(pid \d+\) ended: SIGTERM")
+        self.assertRegex(log, r"worker 2 \(pid \d+\) ended: SIGTERM")
+        self.assertIn("Server Shut Down.", log)
+        self.assertNotIn("Traceback", log)
+
+    @inlineCallbacks
+    def test_workers_on_a_port_they_cannot_share_is_a_usage_error(self) -> Any:
+        twistd = Twistd.start(self, "caret", "--workers", "2", "--port", "stdio:")
+        yield self.assertFailure(twistd.listening, AssertionError)
+        ended = yield twistd.ended
+        self.assertNotEqual(ended.exitCode, 0)
+        log = twistd.output.decode()
+        self.assertIn("--port 'stdio:' cannot be shared by --workers", log)
         self.assertNotIn("Traceback", log)
 
 

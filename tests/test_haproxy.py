@@ -1,0 +1,173 @@
+"""
+A real HAProxy in front of two caret servers, in TCP mode with C{send-proxy}
+and the health check the deployment notes give: the reference session runs
+through it, every reply is checked, both servers serve, and each logs the
+real client, as the client sees itself, rather than the balancer.
+
+It needs the C{haproxy} program (Debian's package; C{.ci/run} installs it).
+Without it the test is skipped, except in CI, where it must run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from caretproto.session import REFERENCE_SCRIPT, expectedReplies, runSessions
+from tests.rawclient import connect
+from tests.test_twistd import Twistd, shortTempPath
+
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+
+CONFIG = """\
+global
+    stats socket {stats}
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+
+frontend caret
+    bind 127.0.0.1:{port}
+    default_backend carets
+
+backend carets
+    balance leastconn
+    option redispatch
+    retries 2
+    option tcp-check
+    tcp-check expect string *
+    default-server send-proxy check inter 2s fall 2 rise 2
+    server caret1 127.0.0.1:{one}
+    server caret2 127.0.0.1:{two}
+"""
+"""As docs/readme/deployment.rst has it, but on loopback."""
+
+QUICK_SCRIPT = [(data, 0.05) for data, _ in REFERENCE_SCRIPT]
+SESSIONS = 10
+
+
+def freePort() -> int:
+    """A loopback port nobody listens on now, for HAProxy to bind."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@implementer(IStreamClientEndpoint)
+class LocalPorts:
+    """Connects through C{endpoint}, noting each connection's own port."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self.endpoint = endpoint
+        self.ports: list[int] = []
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Protocol]:
+        def note(protocol: Protocol) -> Protocol:
+            assert protocol.transport is not None
+            self.ports.append(protocol.transport.getHost().port)  # type: ignore[attr-defined]
+            return protocol
+
+        return self.endpoint.connect(protocolFactory).addCallback(note)
+
+
+class HAProxyTests(TestCase):
+    timeout = 120
+    if HAPROXY is None and not os.environ.get("CI"):
+        skip = "haproxy is not installed (CI installs it, and there this runs)"
+
+    @inlineCallbacks
+    def test_sessions_through_haproxy_are_served_and_logged_as_the_real_client(
+        self,
+    ) -> Any:
+        servers = [
+            Twistd.start(self, "caret", "--port", "haproxy:tcp:0:interface=127.0.0.1")
+            for _ in range(2)
+        ]
+        addresses = yield gatherResults([server.listening for server in servers])
+        [one], [two] = addresses
+        stats = shortTempPath(self, "stats.sock")
+        config = Path(shortTempPath(self, "haproxy.cfg"))
+        port = freePort()
+        config.write_text(
+            CONFIG.format(
+                stats=stats,
+                port=port,
+                one=one.rsplit(":", 1)[1],
+                two=two.rsplit(":", 1)[1],
+            )
+        )
+        haproxy = Twistd.start(self, runner=[str(HAPROXY), "-db", "-f", str(config)])
+        haproxy.listening.addErrback(lambda _: None)
+        # The health checks reach both servers once HAProxy is running.
+        yield gatherResults([server.logged(rb"connected") for server in servers])
+
+        clients = LocalPorts(TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+        report = yield runSessions(
+            reactor,  # type: ignore[arg-type]
+            clients,
+            SESSIONS,
+            Logger(observer=lambda event: None),  # type: ignore[arg-type]
+            QUICK_SCRIPT,
+            timeout=30,
+        )
+        self.assertIsNone(report.summary())
+        self.assertEqual(len(clients.ports), SESSIONS)
+
+        status = yield self.serverStatus(stats)
+        self.assertEqual(status, {"caret1": ("UP", "L7OK"), "caret2": ("UP", "L7OK")})
+
+        haproxy.transport.signalProcess(signal.SIGKILL)
+        for server in servers:
+            server.transport.signalProcess(signal.SIGTERM)
+        yield gatherResults([server.ended for server in servers])
+        bytesIn = sum(len(data) for data, _ in QUICK_SCRIPT)
+        bytesOut = 1 + len(expectedReplies(QUICK_SCRIPT))
+        served = [
+            {
+                int(peer)
+                for peer in re.findall(
+                    rf"127\.0\.0\.1:(\d+) disconnected after [\d.]+s: {bytesIn} "
+                    rf"bytes in, {bytesOut} bytes out, 4 messages",
+                    server.output.decode(),
+                )
+            }
+            for server in servers
+        ]
+        self.assertEqual(served[0] | served[1], set(clients.ports))
+        self.assertEqual(served[0] & served[1], set())
+        self.assertTrue(served[0] and served[1], served)
+        for server, ports in zip(servers, served, strict=True):
+            for peer in ports:
+                self.assertIn(f"127.0.0.1:{peer} connected", server.output.decode())
+
+    @inlineCallbacks
+    def serverStatus(self, stats: str) -> Any:
+        """Each server's status and last check, from HAProxy's stats socket."""
+        client = yield connect(f"unix:{stats}")
+        client.transport.write(b"show stat\n")
+        table = (yield client.done).decode().splitlines()
+        header = table[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in table[1:]]
+        return {
+            row["svname"]: (row["status"], row["check_status"])
+            for row in rows
+            if row.get("pxname") == "carets" and row["svname"].startswith("caret")
+        }
