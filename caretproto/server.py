@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -314,6 +315,9 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
     @ivar connectionsByPeer: with C{maxPerPeer}, the connections each IP
         address holds.
     @ivar clock: the timer for idle timeouts and the per-peer log.
+    @ivar endObservers: callables given each session as it ends, after it has
+        left C{sessions} and with its counters final; how metrics learn of
+        ended sessions without a subclass.
     """
 
     protocol = CaretProtocol
@@ -334,6 +338,7 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
         self.acceptor: Acceptor | None = None
         self.connectionsByPeer: Counter[str] = Counter()
         self._refusals = _PerPeerRefusals(self)
+        self.endObservers: list[Callable[[CaretProtocol], object]] = []
         self._idleWaiters: list[Deferred[None]] = []
         self._endWaiters: list[Deferred[None]] = []
 
@@ -393,6 +398,8 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
     def sessionEnded(self, session: CaretProtocol) -> None:
         """A session's connection is gone.  Override to observe it (call up)."""
         self.sessions.discard(session)
+        for observer in self.endObservers:
+            observer(session)
         if self.maxSessions is not None:
             self._admit()
         ended, self._endWaiters = self._endWaiters, []

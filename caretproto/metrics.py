@@ -1,0 +1,247 @@
+"""
+Prometheus metrics for a caret server, served at C{/metrics} by twisted.web.
+
+L{CaretMetrics} watches one L{CaretFactory} and answers, at scrape time, what
+its sessions have done: the sessions that ended are folded into running
+totals as they end, and the sessions in progress are read live.  So the data
+path pays nothing for metrics -- the protocol keeps its own counters whether
+or not anyone scrapes them -- and a scrape still sees the bytes of a session
+that has been running for hours, not only those of sessions that ended.
+
+L{metricsService} is the twisted.web service that serves them, composed beside
+the caret service by L{caretproto.tap.makeService}.  This module does not
+decide where to listen and keeps no global state: every L{CaretMetrics} has
+its own L{CollectorRegistry}, so several servers in one process (or in one
+test run) never share or clash over metrics.
+
+With C{--workers} (several processes each running a caret service), the plan
+is that one C{/metrics} in the parent covers them all: a L{Snapshot} is plain,
+picklable data that adds up field by field, so each worker sends its
+L{CaretMetrics.snapshot} to the parent over the control channel (periodically,
+or on request when the parent is scraped), and the parent serves the sum of
+the latest ones through a collector shaped like L{CaretMetrics} whose
+C{snapshot} returns that sum.  prometheus_client's multiprocess mode is not
+the plan: it cannot carry live values read at scrape time, only values
+written on every change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from twisted.application import strports
+from twisted.application.service import IService
+from twisted.web import http
+from twisted.web.pages import notFound
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from caretproto.server import CaretFactory, CaretProtocol
+
+DURATION_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+"""
+Upper bounds, in seconds, of the connection-duration histogram: from a
+connect-and-close probe, past the reference session (about 2.2 s), to
+sessions held open for an hour.
+"""
+
+
+def _zeros() -> tuple[int, ...]:
+    return (0,) * (len(DURATION_BUCKETS) + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """
+    What a caret server's sessions have done, at one moment: plain numbers
+    that add up, so snapshots from several processes can be summed.
+    """
+
+    connectionsActive: int = 0
+    connectionsTotal: int = 0
+    messages: int = 0
+    bytesReceived: int = 0
+    bytesSent: int = 0
+    pauses: int = 0
+    durationCounts: tuple[int, ...] = dataclasses.field(default_factory=_zeros)
+    """Ended sessions per duration bucket (not cumulative); the last is +Inf."""
+    durationSum: float = 0.0
+
+    def __add__(self, other: Snapshot) -> Snapshot:
+        return Snapshot(
+            connectionsActive=self.connectionsActive + other.connectionsActive,
+            connectionsTotal=self.connectionsTotal + other.connectionsTotal,
+            messages=self.messages + other.messages,
+            bytesReceived=self.bytesReceived + other.bytesReceived,
+            bytesSent=self.bytesSent + other.bytesSent,
+            pauses=self.pauses + other.pauses,
+            durationCounts=tuple(
+                mine + theirs
+                for mine, theirs in zip(
+                    self.durationCounts, other.durationCounts, strict=True
+                )
+            ),
+            durationSum=self.durationSum + other.durationSum,
+        )
+
+    @classmethod
+    def ofEndedSession(cls, session: CaretProtocol, duration: float) -> Snapshot:
+        """What one session did, from its start to its end C{duration} later."""
+        counts = [0] * (len(DURATION_BUCKETS) + 1)
+        counts[bisect_left(DURATION_BUCKETS, duration)] = 1
+        return cls(
+            connectionsTotal=1,
+            messages=session.messages,
+            bytesReceived=session.bytesReceived,
+            bytesSent=session.bytesSent,
+            pauses=session.pauses,
+            durationCounts=tuple(counts),
+            durationSum=duration,
+        )
+
+    def families(self) -> Iterator[Metric]:
+        """The snapshot as Prometheus metric families."""
+        yield GaugeMetricFamily(
+            "caret_connections_active",
+            "Caret sessions in progress.",
+            value=self.connectionsActive,
+        )
+        for name, documentation, value in [
+            ("caret_connections", "Caret sessions started.", self.connectionsTotal),
+            ("caret_messages", "Messages ended by $.", self.messages),
+            ("caret_bytes_received", "Bytes read from clients.", self.bytesReceived),
+            (
+                "caret_bytes_sent",
+                "Bytes written to clients, greetings included.",
+                self.bytesSent,
+            ),
+            (
+                "caret_flow_control_pauses",
+                "Times a session stopped reading because its replies backed up.",
+                self.pauses,
+            ),
+        ]:
+            yield CounterMetricFamily(name, documentation, value=value)
+        cumulative = 0
+        buckets = []
+        for bound, count in zip(
+            [*map(str, DURATION_BUCKETS), "+Inf"], self.durationCounts, strict=True
+        ):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(
+            "caret_connection_duration_seconds",
+            "How long ended caret sessions lasted.",
+            buckets=buckets,
+            sum_value=self.durationSum,
+        )
+
+
+class CaretMetrics:
+    """
+    A Prometheus collector for the sessions of one L{CaretFactory}.
+
+    @ivar registry: the registry to scrape: these metrics and the process's
+        own (CPU, memory, open file descriptors).
+    """
+
+    def __init__(
+        self, factory: CaretFactory, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """
+        Watch C{factory}'s sessions.  C{clock} must be the clock that
+        L{CaretProtocol.startedAt} is read from.
+        """
+        self._factory = factory
+        self._clock = clock
+        self._ended = Snapshot()
+        factory.endObservers.append(self._sessionEnded)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self)
+        ProcessCollector(registry=self.registry)
+
+    def _sessionEnded(self, session: CaretProtocol) -> None:
+        duration = self._clock() - session.startedAt
+        self._ended += Snapshot.ofEndedSession(session, duration)
+
+    def snapshot(self) -> Snapshot:
+        """
+        The totals now: the ended sessions' plus the live counters of the
+        sessions in progress.  Each counter only grows, because a session
+        leaves the live sum in the same call that adds it to the ended totals.
+        """
+        sessions = self._factory.sessions
+        live = Snapshot(
+            connectionsActive=len(sessions),
+            connectionsTotal=len(sessions),
+            messages=sum(session.messages for session in sessions),
+            bytesReceived=sum(session.bytesReceived for session in sessions),
+            bytesSent=sum(session.bytesSent for session in sessions),
+            pauses=sum(session.pauses for session in sessions),
+        )
+        return self._ended + live
+
+    def collect(self) -> Iterator[Metric]:
+        """The prometheus_client collector protocol."""
+        return self.snapshot().families()
+
+
+class MetricsPage(Resource):
+    """
+    A registry in the Prometheus text format (or OpenMetrics, when the
+    scraper asks for it).
+
+    Unlike C{prometheus_client.twisted.MetricsResource}, which renders in the
+    reactor's thread pool through WSGI, this renders in the reactor thread:
+    L{CaretMetrics} reads live sessions that only the reactor thread may
+    touch, and a scrape is cheap enough not to need a thread.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader("accept")
+        encode, contentType = choose_encoder(accept or "")
+        request.setHeader("content-type", contentType)
+        return encode(self._registry)
+
+
+class _MetricsSite(Site):
+    """
+    A site that does not log each request: a scrape every few seconds would
+    bury the sessions' log lines.
+    """
+
+    noisy = False
+
+    def logPrefix(self) -> str:
+        return "metrics"
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
+def metricsService(description: str, registry: CollectorRegistry) -> IService:
+    """
+    A service that serves C{registry} at C{/metrics} on the endpoint
+    C{description}; other paths are 404.
+    """
+    root = notFound()
+    root.putChild(b"metrics", MetricsPage(registry))
+    return strports.service(description, _MetricsSite(root))
