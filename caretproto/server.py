@@ -82,6 +82,10 @@ class CaretProtocol(Protocol, TimeoutMixin):
     C{bufferSize}, 64 KiB for TCP), Twisted calls L{pauseProducing} and the
     session stops reading until they drain.  Nothing is dropped: the client's
     further bytes wait in the kernel, and TCP tells the client to wait too.
+    It registers when it first has a reply to send, not on connect: a TLS
+    transport pauses its producer while a write waits for the handshake, and
+    to stop reading then would stall the handshake, and so the session,
+    forever (Twisted issue 6385).  Until a reply is owed nothing can back up.
 
     With the factory's C{idleTimeout}, a session whose client sends nothing
     for that long is closed.  Only time spent reading counts: while flow
@@ -120,6 +124,7 @@ class CaretProtocol(Protocol, TimeoutMixin):
     admitted = False
     idleClosing = False
     startedAt = 0.0
+    _producing = False
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
@@ -128,7 +133,6 @@ class CaretProtocol(Protocol, TimeoutMixin):
             self.transport.loseConnection()
             return
         self.admitted = True
-        self.transport.registerProducer(self, True)
         self.factory.sessionArrived(self)
 
     def hold(self) -> None:
@@ -161,6 +165,9 @@ class CaretProtocol(Protocol, TimeoutMixin):
         self.state, reply, ended = feed(self.state, data)
         self.messages += ended
         if reply:
+            if not self._producing:
+                self._producing = True
+                self.transport.registerProducer(self, True)
             self.bytesSent += len(reply)
             self.transport.write(reply)
 

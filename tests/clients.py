@@ -33,7 +33,10 @@ class ScriptedClient(Protocol):
     the last replies are in.
 
     @ivar done: fires with every byte received once the connection is closed.
+    @ivar reason: why the connection closed, once it has.
     """
+
+    reason: Failure
 
     def __init__(self, buffers: Iterable[bytes]) -> None:
         self._buffers = list(buffers)
@@ -59,6 +62,7 @@ class ScriptedClient(Protocol):
             self.transport.write(buffer)  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.reason = reason
         self.done.callback(self.received)
 
 
