@@ -96,21 +96,6 @@ class Snapshot:
             durationSum=self.durationSum + other.durationSum,
         )
 
-    @classmethod
-    def ofEndedSession(cls, session: CaretProtocol, duration: float) -> Snapshot:
-        """What one session did, from its start to its end C{duration} later."""
-        counts = [0] * (len(DURATION_BUCKETS) + 1)
-        counts[bisect_left(DURATION_BUCKETS, duration)] = 1
-        return cls(
-            connectionsTotal=1,
-            messages=session.messages,
-            bytesReceived=session.bytesReceived,
-            bytesSent=session.bytesSent,
-            pauses=session.pauses,
-            durationCounts=tuple(counts),
-            durationSum=duration,
-        )
-
     def families(self) -> Iterator[Metric]:
         """The snapshot as Prometheus metric families."""
         yield GaugeMetricFamily(
@@ -166,7 +151,15 @@ class CaretMetrics:
         """
         self._factory = factory
         self._clock = clock
-        self._ended = Snapshot()
+        # The ended sessions' totals, kept as plain numbers: a session's end
+        # costs a few additions, not a Snapshot.
+        self._ended = 0
+        self._messages = 0
+        self._bytesReceived = 0
+        self._bytesSent = 0
+        self._pauses = 0
+        self._durationCounts = [0] * (len(DURATION_BUCKETS) + 1)
+        self._durationSum = 0.0
         factory.endObservers.append(self._sessionEnded)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
@@ -174,7 +167,13 @@ class CaretMetrics:
 
     def _sessionEnded(self, session: CaretProtocol) -> None:
         duration = self._clock() - session.startedAt
-        self._ended += Snapshot.ofEndedSession(session, duration)
+        self._ended += 1
+        self._messages += session.messages
+        self._bytesReceived += session.bytesReceived
+        self._bytesSent += session.bytesSent
+        self._pauses += session.pauses
+        self._durationCounts[bisect_left(DURATION_BUCKETS, duration)] += 1
+        self._durationSum += duration
 
     def snapshot(self) -> Snapshot:
         """
@@ -183,15 +182,16 @@ class CaretMetrics:
         leaves the live sum in the same call that adds it to the ended totals.
         """
         sessions = self._factory.sessions
-        live = Snapshot(
+        return Snapshot(
             connectionsActive=len(sessions),
-            connectionsTotal=len(sessions),
-            messages=sum(session.messages for session in sessions),
-            bytesReceived=sum(session.bytesReceived for session in sessions),
-            bytesSent=sum(session.bytesSent for session in sessions),
-            pauses=sum(session.pauses for session in sessions),
+            connectionsTotal=self._ended + len(sessions),
+            messages=self._messages + sum(s.messages for s in sessions),
+            bytesReceived=self._bytesReceived + sum(s.bytesReceived for s in sessions),
+            bytesSent=self._bytesSent + sum(s.bytesSent for s in sessions),
+            pauses=self._pauses + sum(s.pauses for s in sessions),
+            durationCounts=tuple(self._durationCounts),
+            durationSum=self._durationSum,
         )
-        return self._ended + live
 
     def collect(self) -> Iterator[Metric]:
         """The prometheus_client collector protocol."""
