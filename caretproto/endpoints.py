@@ -3,22 +3,19 @@ Where the caret commands connect: one client endpoint from a host, a port and
 whether to speak TLS.
 
 C{caret-client} and C{caret-bench} both take C{HOST PORT [--tls [--ca FILE]]};
-L{clientEndpoint} is what those options mean, so that the two agree.  It is
-not for servers: a server listens on endpoint descriptions (C{--port}).
+L{clientEndpoint} is what those arguments mean, so that the commands agree.
+It is not for servers, which listen on endpoint descriptions (C{--port}), nor
+for a client given a whole endpoint description, which Twisted's
+C{clientFromString} reads.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from OpenSSL.crypto import Error as OpenSSLError
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
@@ -32,33 +29,33 @@ def clientEndpoint(
     ca: str | None = None,
 ) -> IStreamClientEndpoint:
     """
-    An endpoint that connects to C{host} on C{port}, over TLS if C{tls}.
+    An endpoint that connects to C{host} on C{port}, over TLS if C{tls},
+    with C{reactor} (an L{IReactorTCP}).
 
-    An IP address is connected to directly; a name is resolved on each
-    connect (by L{HostnameEndpoint}, which tries every address it resolves
-    to).  A benchmark that opens thousands of connections should be given an
-    address, so as not to pay for a lookup in the reactor's thread pool per
-    connection.
+    C{host} is resolved here, once, and every connection goes to its first
+    address: a load generator opening thousands of connections should not
+    look the name up for each.  (The lookup blocks: call this before the
+    reactor has work to do.)
 
-    Over TLS the server's certificate must be valid for C{host} and signed by
-    the certificate authority in the PEM file C{ca}, or by one the system
-    trusts when C{ca} is L{None}.
+    Over TLS the server's certificate must be valid for C{host} as given (a
+    name or an address) and signed by the certificate authority in the PEM
+    file C{ca}, or by one the system trusts when C{ca} is L{None}.
 
-    @raise ValueError: if C{ca} is given without C{tls}, or is not a readable
-        PEM certificate; the message names the file and says why.
+    @raise ValueError: if C{host} cannot be resolved, or C{ca} is given
+        without C{tls} or is not a readable PEM certificate; the message says
+        which and why.
     """
-    endpoint: IStreamClientEndpoint
-    if isIPAddress(host):
-        endpoint = TCP4ClientEndpoint(reactor, host, port)
-    elif isIPv6Address(host):
-        endpoint = TCP6ClientEndpoint(reactor, host, port)
-    else:
-        endpoint = HostnameEndpoint(reactor, host, port)
-    if not tls:
-        if ca is not None:
-            raise ValueError("a CA certificate is only used with TLS")
-        return endpoint
+    if ca is not None and not tls:
+        raise ValueError("a CA certificate is only used with TLS")
     trustRoot = None if ca is None else _loadCertificate(ca)
+    try:
+        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError as error:
+        raise ValueError(f"cannot resolve host {host!r}: {error}") from None
+    # TCP4ClientEndpoint connects to an IPv6 address as well, given one.
+    endpoint = TCP4ClientEndpoint(reactor, str(address), port)
+    if not tls:
+        return endpoint
     return wrapClientTLS(optionsForClientTLS(host, trustRoot=trustRoot), endpoint)
 
 

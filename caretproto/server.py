@@ -125,6 +125,7 @@ class CaretProtocol(Protocol, TimeoutMixin):
     idleClosing = False
     startedAt = 0.0
     _producing = False
+    _finishing = False
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
@@ -165,7 +166,7 @@ class CaretProtocol(Protocol, TimeoutMixin):
         self.state, reply, ended = feed(self.state, data)
         self.messages += ended
         if reply:
-            if not self._producing:
+            if not self._producing and not self._finishing:
                 self._producing = True
                 self.transport.registerProducer(self, True)
             self.bytesSent += len(reply)
@@ -176,7 +177,12 @@ class CaretProtocol(Protocol, TimeoutMixin):
         End the session as the protocol ends it: stop reading, deliver every
         reply already owed, then close.
         """
-        self.transport.unregisterProducer()
+        # No producer from now on: a transport closes only once its producer
+        # is gone (TLS would otherwise never send its close).
+        self._finishing = True
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def readConnectionLost(self) -> None:

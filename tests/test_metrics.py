@@ -5,28 +5,55 @@ in progress, and the C{--metrics} service of C{twistd caret}.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    UNIXClientEndpoint,
-    connectProtocol,
-)
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.client import Agent, ResponseDone
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from caretproto.metrics import DURATION_BUCKETS, CaretMetrics, Snapshot
 from caretproto.server import CaretFactory, CaretProtocol
 from caretproto.tap import Options, makeService
-from tests.clients import WORKED_EXAMPLE, WORKED_EXAMPLE_ANSWER, ScriptedClient, get
+from tests.test_twistd import shortTempPath
+from tests.workedexample import (
+    WORKED_EXAMPLE,
+    WORKED_EXAMPLE_ANSWER,
+    runWorkedExample,
+)
+
+
+class _Body(Protocol):
+    def __init__(self) -> None:
+        self.body = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.body += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone):
+            self.done.callback(self.body)
+        else:
+            self.done.errback(reason)
+
+
+async def get(agent: IAgent, url: bytes) -> tuple[IResponse, bytes]:
+    """
+    GET C{url}: the response and its whole body.  (Not C{readBody}, which
+    warns that it cannot abort the connection of a response already read.)
+    """
+    response = await agent.request(b"GET", url)
+    body = _Body()
+    response.deliverBody(body)
+    return response, await body.done
 
 
 class FakeClock:
@@ -85,8 +112,8 @@ class CaretMetricsTests(TestCase):
         self,
     ) -> None:
         session = connect(self.factory, self.clock.now)
-        for chunk in WORKED_EXAMPLE:
-            session.dataReceived(chunk)
+        for sent, _ in WORKED_EXAMPLE:
+            session.dataReceived(sent)
         before = self.metrics.snapshot()
         self.clock.now += 2.25
         session.connectionLost()
@@ -203,9 +230,7 @@ class MetricsServiceTests(TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
-        metricsPath = f"{directory}/metrics.sock"
+        metricsPath = shortTempPath(self, "metrics.sock")
         options = Options()
         options.parseOptions(
             ["--port", "tcp:0:interface=127.0.0.1", "--metrics", f"unix:{metricsPath}"]
@@ -219,10 +244,9 @@ class MetricsServiceTests(TestCase):
     async def test_scrape_after_two_sessions_counts_them(self) -> None:
         port = self.caret.ports[0].getHost().port
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        clients = [ScriptedClient(WORKED_EXAMPLE) for _ in range(2)]
-        for client in clients:
-            await connectProtocol(endpoint, client)
-        answers = [await client.done for client in clients]
+        answers = await gatherResults(
+            [Deferred.fromCoroutine(runWorkedExample(endpoint)) for _ in range(2)]
+        )
         self.assertEqual(answers, [WORKED_EXAMPLE_ANSWER] * 2)
         await self.caret.factory.whenIdle()
 
@@ -233,7 +257,7 @@ class MetricsServiceTests(TestCase):
             [b"text/plain; version=0.0.4; charset=utf-8"],
         )
         found = samples(body.decode())
-        sent = sum(map(len, WORKED_EXAMPLE))
+        sent = sum(len(buffer) for buffer, _ in WORKED_EXAMPLE)
         self.assertEqual(found["caret_connections_active"], 0)
         self.assertEqual(found["caret_connections_total"], 2)
         self.assertEqual(found["caret_messages_total"], 2 * 4)

@@ -9,37 +9,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 
 from caretproto.tap import endpointDescription
-from tests.clients import WORKED_EXAMPLE, WORKED_EXAMPLE_ANSWER, ScriptedClient, get
-
-
-class Twistd(ProcessProtocol):
-    """
-    Keeps a child's output; C{ended} fires with how it ended, a
-    L{ProcessDone} or a L{ProcessTerminated}.
-    """
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[BaseException] = Deferred()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(reason.value)
+from tests.test_metrics import get
+from tests.test_twistd import TWISTD, Twistd
+from tests.workedexample import WORKED_EXAMPLE_ANSWER, runWorkedExample
 
 
 def listeningSocket() -> socket.socket:
@@ -66,7 +46,6 @@ class SocketActivationTests(TestCase):
         caret, metrics = listeningSocket(), listeningSocket()
         caretPort = caret.getsockname()[1]
         metricsPort = metrics.getsockname()[1]
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         environment = {
             name: value
             for name, value in os.environ.items()
@@ -76,46 +55,37 @@ class SocketActivationTests(TestCase):
         # many as LISTEN_FDS counts, as systemd 227 and later always do.
         environment["LISTEN_FDS"] = "2"
         environment["LISTEN_FDNAMES"] = "caret:metrics"
-        child = Twistd()
-        # systemd sets LISTEN_PID to the pid of the process it starts; the
-        # shell sets it to its own, which exec hands on to twistd.
-        process = reactor.spawnProcess(
-            child,
-            "/bin/sh",
-            [
-                "sh",
+        twistd = Twistd.start(
+            self,
+            "caret",
+            "--port",
+            "systemd:domain=INET:index=0",
+            "--metrics",
+            "systemd:domain=INET:name=metrics",
+            # systemd sets LISTEN_PID to the pid of the process it starts;
+            # the shell sets it to its own, which exec hands on to twistd.
+            runner=[
+                "/bin/sh",
                 "-c",
                 'LISTEN_PID=$$ exec "$0" "$@"',
-                twistd,
+                TWISTD,
                 "-n",
                 "--pidfile=",
-                "caret",
-                "--port",
-                "systemd:domain=INET:index=0",
-                "--metrics",
-                "systemd:domain=INET:name=metrics",
             ],
             env=environment,
             childFDs={0: "w", 1: "r", 2: "r", 3: caret.fileno(), 4: metrics.fileno()},
         )
-        # From here on only the child holds the listening sockets: clients
-        # that connect before it is ready wait in the listen queue.
+        # From here on only twistd holds the listening sockets: clients that
+        # connect before it is ready wait in the listen queue.
         caret.close()
         metrics.close()
 
-        async def stop() -> None:
-            if process.pid is not None:
-                process.signalProcess("TERM")
-            await child.ended
-
-        self.addCleanup(stop)
-
-        client = ScriptedClient(WORKED_EXAMPLE)
-        await connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", caretPort), client
+        answer = await runWorkedExample(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", caretPort)
         )
+        self.assertEqual(answer, WORKED_EXAMPLE_ANSWER, twistd.output.decode())
         self.assertEqual(
-            await client.done, WORKED_EXAMPLE_ANSWER, child.output.decode()
+            await twistd.listening, [f"127.0.0.1:{caretPort}"], twistd.output.decode()
         )
 
         response, body = await get(
@@ -131,15 +101,9 @@ class SocketActivationTests(TestCase):
         self.assertEqual(found["caret_messages_total"], 4)
         self.assertEqual(found["caret_bytes_sent_total"], len(WORKED_EXAMPLE_ANSWER))
 
-        process.signalProcess("TERM")
-        ended = await child.ended
+        twistd.transport.signalProcess(signal.SIGTERM)
+        ended = await twistd.ended
         # twistd shuts down cleanly, then ends by the signal that stopped it,
         # as systemd expects of a service it stops.
-        self.assertIsInstance(ended, ProcessTerminated, child.output.decode())
-        self.assertEqual(ended.signal, signal.SIGTERM)  # type: ignore[attr-defined]
-        self.assertIn("Server Shut Down.", child.output.decode())
-        self.assertIn(
-            f"caret listening on IPv4Address(type='TCP', host='127.0.0.1', "
-            f"port={caretPort})",
-            child.output.decode(),
-        )
+        self.assertEqual(ended.signal, signal.SIGTERM)  # type: ignore[union-attr]
+        self.assertIn("Server Shut Down.", twistd.output.decode())

@@ -6,28 +6,23 @@ by trustme, and the client side in L{caretproto.endpoints}.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import tempfile
+import sys
 
 import trustme
 from OpenSSL.SSL import Error as TLSError
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    connectProtocol,
-)
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from caretproto.endpoints import clientEndpoint
 from caretproto.server import CaretFactory
 from caretproto.tap import Options, makeService
-from tests.clients import WORKED_EXAMPLE, WORKED_EXAMPLE_ANSWER, ScriptedClient
+from tests.rawclient import RawClient
+from tests.test_twistd import Twistd
+from tests.workedexample import WORKED_EXAMPLE_ANSWER, runWorkedExample
 
 
 async def turns(count: int) -> None:
@@ -36,26 +31,30 @@ async def turns(count: int) -> None:
         await deferLater(reactor, 0, lambda: None)
 
 
-class Hoarder(Protocol):
-    """A client that keeps what it receives: a test stops it reading."""
+class Certificates:
+    """
+    A certificate authority and a server certificate it signed for
+    127.0.0.1 and localhost, as PEM files in a temporary folder; and another
+    authority that signed nothing.
+    """
 
-    def __init__(self) -> None:
-        self.received = bytearray()
-        self._waiting: tuple[int, Deferred[None]] | None = None
+    def __init__(self, testCase: TestCase) -> None:
+        folder = testCase.mktemp()
+        os.makedirs(folder)
+        ca = trustme.CA()
+        issued = ca.issue_cert("127.0.0.1", "localhost")
+        self.key = os.path.abspath(os.path.join(folder, "key.pem"))
+        self.cert = os.path.abspath(os.path.join(folder, "cert.pem"))
+        self.ca = os.path.abspath(os.path.join(folder, "ca.pem"))
+        self.otherCA = os.path.abspath(os.path.join(folder, "other-ca.pem"))
+        issued.private_key_pem.write_to_path(self.key)
+        issued.cert_chain_pems[0].write_to_path(self.cert)
+        ca.cert_pem.write_to_path(self.ca)
+        trustme.CA().cert_pem.write_to_path(self.otherCA)
 
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        if self._waiting is not None and len(self.received) >= self._waiting[0]:
-            waiter = self._waiting[1]
-            self._waiting = None
-            waiter.callback(None)
-
-    def whenReceived(self, count: int) -> Deferred[None]:
-        """Fires once C{count} bytes in all have arrived."""
-        waiter: Deferred[None] = Deferred()
-        self._waiting = (count, waiter)
-        self.dataReceived(b"")
-        return waiter
+    def port(self) -> str:
+        """C{--port} for a TLS server on an ephemeral loopback port."""
+        return f"ssl:0:interface=127.0.0.1:privateKey={self.key}:certKey={self.cert}"
 
 
 class TLSServerTests(TestCase):
@@ -67,26 +66,10 @@ class TLSServerTests(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
-        ca = trustme.CA()
-        issued = ca.issue_cert("127.0.0.1", "localhost")
-        key = os.path.join(directory, "key.pem")
-        cert = os.path.join(directory, "cert.pem")
-        self.ca = os.path.join(directory, "ca.pem")
-        issued.private_key_pem.write_to_path(key)
-        issued.cert_chain_pems[0].write_to_path(cert)
-        ca.cert_pem.write_to_path(self.ca)
-        self.otherCA = os.path.join(directory, "other-ca.pem")
-        trustme.CA().cert_pem.write_to_path(self.otherCA)
-
+        self.certificates = Certificates(self)
+        self.ca = self.certificates.ca
         options = Options()
-        options.parseOptions(
-            [
-                "--port",
-                f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
-            ]
-        )
+        options.parseOptions(["--port", self.certificates.port()])
         top = makeService(options)
         top.startService()
         self.addCleanup(top.stopService)
@@ -95,35 +78,28 @@ class TLSServerTests(TestCase):
         self.port = caret.ports[0].getHost().port
 
     async def test_worked_example_over_tls(self) -> None:
-        client = ScriptedClient(WORKED_EXAMPLE)
         endpoint = clientEndpoint(reactor, "127.0.0.1", self.port, tls=True, ca=self.ca)
-        await connectProtocol(endpoint, client)
-        self.assertEqual(await client.done, WORKED_EXAMPLE_ANSWER)
+        self.assertEqual(await runWorkedExample(endpoint), WORKED_EXAMPLE_ANSWER)
 
-    async def test_host_name_is_checked_against_the_certificate(self) -> None:
-        client = ScriptedClient(WORKED_EXAMPLE)
+    async def test_a_host_name_is_checked_against_the_certificate(self) -> None:
         endpoint = clientEndpoint(reactor, "localhost", self.port, tls=True, ca=self.ca)
-        await connectProtocol(endpoint, client)
-        self.assertEqual(await client.done, WORKED_EXAMPLE_ANSWER)
+        self.assertEqual(await runWorkedExample(endpoint), WORKED_EXAMPLE_ANSWER)
 
     async def test_server_signed_by_an_untrusted_ca_is_refused(self) -> None:
-        client = ScriptedClient(WORKED_EXAMPLE)
         endpoint = clientEndpoint(
-            reactor, "127.0.0.1", self.port, tls=True, ca=self.otherCA
+            reactor, "127.0.0.1", self.port, tls=True, ca=self.certificates.otherCA
         )
-        await connectProtocol(endpoint, client)
-        self.assertEqual(await client.done, b"")
-        self.assertTrue(client.reason.check(TLSError), client.reason)
+        with self.assertRaises(TLSError):
+            await runWorkedExample(endpoint)
 
     async def test_flow_control_stops_reading_a_client_that_does_not_read(
         self,
     ) -> None:
-        client = Hoarder()
         endpoint = clientEndpoint(reactor, "127.0.0.1", self.port, tls=True, ca=self.ca)
-        await connectProtocol(endpoint, client)
+        client = await connectProtocol(endpoint, RawClient())
         # Stop reading only once greeted: a TLS client that stops reading
         # before its handshake is done never finishes it.
-        await client.whenReceived(1)
+        await client.receivedAtLeast(1)
         transport = client.transport
         assert transport is not None
         transport.pauseProducing()  # type: ignore[attr-defined]
@@ -153,7 +129,7 @@ class TLSServerTests(TestCase):
         self.assertLess(session.bytesReceived, len(sent) // 2)
 
         transport.resumeProducing()  # type: ignore[attr-defined]
-        await client.whenReceived(len(sent))
+        await client.receivedAtLeast(len(sent))
         self.assertFalse(session.paused)
         self.assertEqual(session.bytesReceived, len(sent))
         self.assertEqual(len(client.received), len(sent))
@@ -163,16 +139,16 @@ class TLSServerTests(TestCase):
 
 
 class ClientEndpointTests(TestCase):
-    def test_ip_addresses_are_connected_to_without_a_lookup(self) -> None:
-        self.assertIsInstance(
-            clientEndpoint(reactor, "127.0.0.1", 9090), TCP4ClientEndpoint
-        )
-        self.assertIsInstance(clientEndpoint(reactor, "::1", 9090), TCP6ClientEndpoint)
-
-    def test_names_are_resolved(self) -> None:
-        self.assertIsInstance(
-            clientEndpoint(reactor, "localhost", 9090), HostnameEndpoint
-        )
+    async def test_without_tls_it_connects_in_the_clear(self) -> None:
+        options = Options()
+        options.parseOptions(["--port", "tcp:0:interface=127.0.0.1"])
+        top = makeService(options)
+        top.startService()
+        self.addCleanup(top.stopService)
+        port = top.getServiceNamed("caret").ports[0].getHost().port
+        endpoint = clientEndpoint(reactor, "127.0.0.1", port)
+        self.assertIsInstance(endpoint, TCP4ClientEndpoint)
+        self.assertEqual(await runWorkedExample(endpoint), WORKED_EXAMPLE_ANSWER)
 
     def test_ca_without_tls_is_refused(self) -> None:
         error = self.assertRaises(
@@ -183,7 +159,7 @@ class ClientEndpointTests(TestCase):
     def test_missing_ca_file_is_named(self) -> None:
         missing = os.path.join(self.mktemp(), "ca.pem")
         error = self.assertRaises(
-            ValueError, clientEndpoint, reactor, "h", 1, tls=True, ca=missing
+            ValueError, clientEndpoint, reactor, "127.0.0.1", 1, tls=True, ca=missing
         )
         self.assertIn(repr(missing), str(error))
         self.assertIn("No such file", str(error))
@@ -193,7 +169,40 @@ class ClientEndpointTests(TestCase):
         with open(path, "w") as notPEM:
             notPEM.write("not a certificate\n")
         error = self.assertRaises(
-            ValueError, clientEndpoint, reactor, "h", 1, tls=True, ca=path
+            ValueError, clientEndpoint, reactor, "127.0.0.1", 1, tls=True, ca=path
         )
         self.assertIn(repr(path), str(error))
         self.assertIn("not a PEM certificate", str(error))
+
+
+CLIENT = [sys.executable, "-m", "caretproto.caretclient"]
+
+
+class CaretClientTLSTests(TestCase):
+    """C{caret-client --tls --ca FILE HOST PORT} against C{twistd caret}."""
+
+    timeout = 30
+
+    async def test_reference_session_over_tls(self) -> None:
+        certificates = Certificates(self)
+        twistd = Twistd.start(self, "caret", "--port", certificates.port())
+        [address] = await twistd.listening
+        host, port = address.rsplit(":", 1)
+        out, err, status = await getProcessOutputAndValue(
+            CLIENT[0],
+            [*CLIENT[1:], "--tls", "--ca", certificates.ca, host, port],
+            env=dict(os.environ),
+        )
+        self.assertEqual((err, status), (b"", 0), out)
+        self.assertIn(b":conn1 disconnecting", out)
+
+    async def test_an_unreadable_ca_is_a_usage_error(self) -> None:
+        missing = os.path.abspath(os.path.join(self.mktemp(), "ca.pem"))
+        _, err, status = await getProcessOutputAndValue(
+            CLIENT[0],
+            [*CLIENT[1:], "--tls", "--ca", missing, "127.0.0.1", "9"],
+            env=dict(os.environ),
+        )
+        self.assertEqual(status, 2)
+        self.assertIn(f"cannot read the CA certificate {missing!r}", err.decode())
+        self.assertNotIn(b"Traceback", err)
