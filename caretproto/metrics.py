@@ -14,15 +14,17 @@ decide where to listen and keeps no global state: every L{CaretMetrics} has
 its own L{CollectorRegistry}, so several servers in one process (or in one
 test run) never share or clash over metrics.
 
-With C{--workers} (several processes each running a caret service), the plan
-is that one C{/metrics} in the parent covers them all: a L{Snapshot} is plain,
-picklable data that adds up field by field, so each worker sends its
-L{CaretMetrics.snapshot} to the parent over the control channel (periodically,
-or on request when the parent is scraped), and the parent serves the sum of
-the latest ones through a collector shaped like L{CaretMetrics} whose
-C{snapshot} returns that sum.  prometheus_client's multiprocess mode is not
-the plan: it cannot carry live values read at scrape time, only values
-written on every change.
+With C{--workers}, one C{/metrics}, the parent's, covers every worker.  A
+L{Snapshot} is plain data that adds up field by field: each worker's
+L{MetricsReporter} writes its snapshot to the parent every
+L{REPORT_INTERVAL} seconds, and once more when it has drained, as a report
+in its JSON log (the channel the parent already reads, see
+L{caretproto.workers}); the parent's L{WorkersMetrics} serves the sum of the
+latest reports and of the last reports of the workers that ended.  So a
+scrape of the parent is up to L{REPORT_INTERVAL} behind the workers, and a
+worker that is killed loses what it did since its last report.
+(prometheus_client's multiprocess mode would not do: it cannot carry values
+read at scrape time, only values written on every change.)
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -42,13 +45,18 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from twisted.application import strports
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from caretproto.server import CaretFactory, CaretProtocol
+from caretproto.workers import REPORT
 
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 """
@@ -56,6 +64,10 @@ Upper bounds, in seconds, of the connection-duration histogram: from a
 connect-and-close probe, past the reference session (about 2.2 s), to
 sessions held open for an hour.
 """
+
+
+REPORT_INTERVAL = 1.0
+"""Seconds between a worker's reports of its metrics to the parent."""
 
 
 def _zeros() -> tuple[int, ...]:
@@ -96,6 +108,24 @@ class Snapshot:
             durationSum=self.durationSum + other.durationSum,
         )
 
+    def report(self) -> dict[str, Any]:
+        """The snapshot as plain JSON-ready data, for L{fromReport}."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def fromReport(cls, report: dict[str, Any]) -> Snapshot:
+        """
+        The snapshot that L{report} gave, read back from JSON.
+
+        @raise TypeError: if C{report} is not one.
+        """
+        fields = dict(report)
+        fields["durationCounts"] = tuple(fields.get("durationCounts", ()))
+        snapshot = cls(**fields)
+        if len(snapshot.durationCounts) != len(DURATION_BUCKETS) + 1:
+            raise TypeError(f"not a report of {len(DURATION_BUCKETS)} buckets")
+        return snapshot
+
     def families(self) -> Iterator[Metric]:
         """The snapshot as Prometheus metric families."""
         yield GaugeMetricFamily(
@@ -134,12 +164,30 @@ class Snapshot:
         )
 
 
-class CaretMetrics:
+class _Collector:
     """
-    A Prometheus collector for the sessions of one L{CaretFactory}.
+    A Prometheus collector of a L{Snapshot}, with a registry of its own.
 
     @ivar registry: the registry to scrape: these metrics and the process's
         own (CPU, memory, open file descriptors).
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self)
+        ProcessCollector(registry=self.registry)
+
+    def snapshot(self) -> Snapshot:
+        raise NotImplementedError
+
+    def collect(self) -> Iterator[Metric]:
+        """The prometheus_client collector protocol."""
+        return self.snapshot().families()
+
+
+class CaretMetrics(_Collector):
+    """
+    A Prometheus collector for the sessions of one L{CaretFactory}.
     """
 
     def __init__(
@@ -161,9 +209,7 @@ class CaretMetrics:
         self._durationCounts = [0] * (len(DURATION_BUCKETS) + 1)
         self._durationSum = 0.0
         factory.endObservers.append(self._sessionEnded)
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(self)
-        ProcessCollector(registry=self.registry)
+        super().__init__()
 
     def _sessionEnded(self, session: CaretProtocol) -> None:
         duration = self._clock() - session.startedAt
@@ -193,9 +239,81 @@ class CaretMetrics:
             durationSum=self._durationSum,
         )
 
-    def collect(self) -> Iterator[Metric]:
-        """The prometheus_client collector protocol."""
-        return self.snapshot().families()
+
+class WorkersMetrics(_Collector):
+    """
+    The metrics of a L{caretproto.workers.WorkerPool}'s workers, as one
+    server: the sum of each running worker's latest report and of the last
+    reports of the workers that ended (their sessions ended with them).  The
+    process metrics are the parent's own.
+    """
+
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self._latest: dict[Hashable, Snapshot] = {}
+        self._gone = Snapshot()
+        super().__init__()
+
+    def reported(self, worker: Hashable, report: Any) -> None:
+        """C{worker} sent the report of a L{MetricsReporter}."""
+        try:
+            self._latest[worker] = Snapshot.fromReport(report)
+        except (TypeError, ValueError) as error:
+            self._log.error(
+                "a worker's metrics report is not one: {error}", error=error
+            )
+
+    def ended(self, worker: Hashable) -> None:
+        """C{worker} is gone: keep its counts, none of its sessions."""
+        last = self._latest.pop(worker, None)
+        if last is not None:
+            self._gone += dataclasses.replace(last, connectionsActive=0)
+
+    def snapshot(self) -> Snapshot:
+        total = self._gone
+        for latest in self._latest.values():
+            total += latest
+        return total
+
+
+class MetricsReporter(Service):
+    """
+    In a worker: report the metrics of C{metrics} to the parent every
+    L{REPORT_INTERVAL} seconds, as a log event with a
+    L{caretproto.workers.REPORT} field, and once more when the worker has
+    drained its sessions.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        metrics: CaretMetrics,
+        factory: CaretFactory,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self._metrics = metrics
+        self._factory = factory
+        self._reporting = LoopingCall(self.report)
+        if clock is not None:
+            self._reporting.clock = clock
+
+    def report(self) -> None:
+        """Report the metrics now."""
+        self._log.info(
+            "metrics for the parent", **{REPORT: self._metrics.snapshot().report()}
+        )
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._reporting.start(REPORT_INTERVAL)
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        if self._reporting.running:
+            self._reporting.stop()
+        return self._factory.whenIdle().addCallback(lambda _: self.report())
 
 
 class MetricsPage(Resource):

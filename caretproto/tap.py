@@ -299,8 +299,9 @@ def makeService(options: Mapping[str, Any]) -> IService:
     With C{--workers N}, the C{caret} service only listens, and a
     L{WorkerPool} named C{workers} runs the N processes that accept.  A
     worker (C{--worker-fds}) is the plain server on inherited sockets, with a
-    L{ParentLink}.  With C{--metrics}, the web service that serves its
-    metrics, named C{metrics}, is beside them.
+    L{ParentLink}.  With C{--metrics}, the web service that serves the
+    metrics is beside them, named C{metrics}; with C{--workers}, the
+    parent's serves the sum of the workers', which report to it.
     """
     top = MultiService()
     OpenFilesLimit().setServiceParent(top)
@@ -311,6 +312,7 @@ def makeService(options: Mapping[str, Any]) -> IService:
     caret.shutdownTimeout = options.get("shutdown-timeout", caret.shutdownTimeout)
     caret.setName("caret")
     caret.setServiceParent(top)
+    metrics = options.get("metrics")
     if options.get("workers", 1) > 1:
         caret.pauseAccepting("the workers accept")
         pool = WorkerPool(
@@ -321,12 +323,27 @@ def makeService(options: Mapping[str, Any]) -> IService:
         )
         pool.setName("workers")
         pool.setServiceParent(top)
+        if metrics is not None:
+            from caretproto.metrics import WorkersMetrics, metricsService
+
+            workersMetrics = WorkersMetrics()
+            pool.reports = workersMetrics
+            _named(metricsService(metrics, workersMetrics.registry), "metrics", top)
     elif options.get("worker-fds") is not None:
         ParentLink().setServiceParent(top)
-    if options.get("metrics") is not None:
+        if metrics is not None:
+            # The parent serves --metrics for all: a worker reports to it.
+            from caretproto.metrics import CaretMetrics, MetricsReporter
+
+            reporter = MetricsReporter(CaretMetrics(factory), factory)
+            _named(reporter, "metrics", top)
+    elif metrics is not None:
         from caretproto.metrics import CaretMetrics, metricsService
 
-        metrics = metricsService(options["metrics"], CaretMetrics(factory).registry)
-        metrics.setName("metrics")
-        metrics.setServiceParent(top)
+        _named(metricsService(metrics, CaretMetrics(factory).registry), "metrics", top)
     return top
+
+
+def _named(service: IService, name: str, parent: MultiService) -> None:
+    service.setName(name)
+    service.setServiceParent(parent)

@@ -5,13 +5,19 @@ in progress, and the C{--metrics} service of C{twistd caret}.
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, Logger, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -19,10 +25,18 @@ from twisted.web.client import Agent, ResponseDone
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
-from caretproto.metrics import DURATION_BUCKETS, CaretMetrics, Snapshot
+from caretproto.metrics import (
+    DURATION_BUCKETS,
+    REPORT_INTERVAL,
+    CaretMetrics,
+    MetricsReporter,
+    Snapshot,
+    WorkersMetrics,
+)
 from caretproto.server import CaretFactory, CaretProtocol
 from caretproto.tap import Options, makeService
-from tests.test_twistd import shortTempPath
+from caretproto.workers import REPORT
+from tests.test_twistd import WORKER_LISTENING, WORKER_SERVED, Twistd, shortTempPath
 from tests.workedexample import (
     WORKED_EXAMPLE,
     WORKED_EXAMPLE_ANSWER,
@@ -271,3 +285,152 @@ class MetricsServiceTests(TestCase):
     async def test_other_paths_are_not_found(self) -> None:
         response, _ = await get(self.agent, b"http://caret/")
         self.assertEqual(response.code, 404)
+
+
+class WorkersMetricsTests(TestCase):
+    """The parent's sum of its workers' reports."""
+
+    def setUp(self) -> None:
+        self.metrics = WorkersMetrics()
+
+    def test_the_latest_report_of_each_worker_is_summed(self) -> None:
+        first, second = object(), object()
+        self.metrics.reported(first, Snapshot(connectionsActive=2, messages=1).report())
+        self.metrics.reported(first, Snapshot(connectionsActive=1, messages=5).report())
+        self.metrics.reported(
+            second, Snapshot(connectionsActive=3, messages=2).report()
+        )
+        total = self.metrics.snapshot()
+        self.assertEqual((total.connectionsActive, total.messages), (4, 7))
+
+    def test_an_ended_worker_keeps_its_counts_but_not_its_sessions(self) -> None:
+        worker = object()
+        report = Snapshot(
+            connectionsActive=2,
+            connectionsTotal=9,
+            bytesSent=100,
+            durationCounts=(1,) + (0,) * len(DURATION_BUCKETS),
+        ).report()
+        self.metrics.reported(worker, report)
+        self.metrics.ended(worker)
+        self.metrics.ended(worker)
+        total = self.metrics.snapshot()
+        self.assertEqual(
+            (total.connectionsActive, total.connectionsTotal, total.bytesSent),
+            (0, 9, 100),
+        )
+        self.assertEqual(total.durationCounts[0], 1)
+
+    def test_a_report_survives_json(self) -> None:
+        snapshot = Snapshot(
+            connectionsTotal=3,
+            durationCounts=(0, 1) + (0,) * (len(DURATION_BUCKETS) - 1),
+            durationSum=0.05,
+        )
+        self.assertEqual(
+            Snapshot.fromReport(json.loads(json.dumps(snapshot.report()))), snapshot
+        )
+
+    def test_a_report_that_is_not_one_is_logged_and_ignored(self) -> None:
+        errors: list[LogEvent] = []
+        self.metrics._log = Logger(observer=errors.append)
+        worker = object()
+        self.metrics.reported(worker, Snapshot(messages=1).report())
+        self.metrics.reported(worker, {"messages": 2, "durationCounts": [1]})
+        self.metrics.reported(worker, "nonsense")
+        self.assertEqual(self.metrics.snapshot().messages, 1)
+        self.assertEqual(len(errors), 2)
+        self.assertIn("not one", formatEvent(errors[0]))
+
+
+class MetricsReporterTests(TestCase):
+    """A worker's reports to its parent."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.factory = CaretFactory()
+        self.reporter = MetricsReporter(
+            CaretMetrics(self.factory), self.factory, self.clock
+        )
+        self.reports: list[dict[str, Any]] = []
+
+        def observe(event: LogEvent) -> None:
+            if REPORT in event:
+                self.reports.append(event[REPORT])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def test_reports_at_start_and_every_interval(self) -> None:
+        self.reporter.startService()
+        session = connect(self.factory, 0.0)
+        self.clock.advance(REPORT_INTERVAL)
+        session.dataReceived(b"^ab$")
+        self.clock.advance(REPORT_INTERVAL)
+        self.assertEqual([report["messages"] for report in self.reports], [0, 0, 1])
+        self.assertEqual(
+            [report["connectionsActive"] for report in self.reports], [0, 1, 1]
+        )
+        self.reporter.stopService()
+
+    def test_reports_once_more_when_the_sessions_have_drained(self) -> None:
+        self.reporter.startService()
+        session = connect(self.factory, 0.0)
+        stopped = self.reporter.stopService()
+        session.dataReceived(b"^ab$")
+        self.clock.advance(10 * REPORT_INTERVAL)
+        self.assertEqual(len(self.reports), 1)
+        session.connectionLost()
+        self.successResultOf(stopped)
+        self.assertEqual(len(self.reports), 2)
+        self.assertEqual(self.reports[-1]["messages"], 1)
+        self.assertEqual(self.reports[-1]["connectionsActive"], 0)
+
+
+class WorkersScrapeTests(TestCase):
+    """C{twistd caret --workers 2 --metrics}: one scrape covers both."""
+
+    timeout = 60
+
+    async def test_one_scrape_covers_every_worker(self) -> None:
+        twistd = Twistd.start(
+            self,
+            "caret",
+            "--workers",
+            "2",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--metrics",
+            "tcp:0:interface=127.0.0.1",
+        )
+        [address] = await twistd.listening
+        [metricsPort] = await twistd.logged(rb"\[-\] metrics starting on (\d+)")
+        pids = {pid for _, pid in await twistd.logged(WORKER_LISTENING, 2)}
+        host, port = address.rsplit(":", 1)
+        endpoint = TCP4ClientEndpoint(reactor, host, int(port))
+        # Which worker accepts is up to the kernel: enough sessions and both
+        # have served.
+        sessions = 0
+        while set(re.findall(WORKER_SERVED, twistd.output)) != pids:
+            self.assertLess(sessions, 100, "one worker served every session")
+            answers = await gatherResults(
+                [Deferred.fromCoroutine(runWorkedExample(endpoint)) for _ in range(10)]
+            )
+            self.assertEqual(answers, [WORKED_EXAMPLE_ANSWER] * 10)
+            sessions += 10
+
+        url = f"http://127.0.0.1:{int(metricsPort)}/metrics".encode()
+        # The workers report every REPORT_INTERVAL: wait for the last of it.
+        for _ in range(50):
+            _, body = await get(Agent(reactor), url)
+            found = samples(body.decode())
+            if found["caret_connection_duration_seconds_count"] == sessions:
+                break
+            await deferLater(reactor, REPORT_INTERVAL / 5, lambda: None)
+        self.assertEqual(found["caret_connections_total"], sessions)
+        self.assertEqual(found["caret_connections_active"], 0)
+        self.assertEqual(found["caret_messages_total"], 4 * sessions)
+        self.assertEqual(
+            found["caret_bytes_sent_total"], sessions * len(WORKED_EXAMPLE_ANSWER)
+        )
+        self.assertNotIn("metrics for the parent", twistd.output.decode())
