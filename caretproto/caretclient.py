@@ -3,7 +3,8 @@ The C{caret-client} command: the reference session of PROTOCOL.md on N
 connections at once, against any caret server.
 
     caret-client [-n N] HOST PORT
-    caret-client [-n N] --endpoint tls:example.com:9443
+    caret-client [-n N] --tls [--ca ca.pem] HOST PORT
+    caret-client [-n N] --endpoint unix:path=/run/caret.sock
 
 It parses options, makes room for N open connections, runs
 L{caretproto.session.runSessions} in the reactor and prints its log and the
@@ -15,7 +16,6 @@ options.  The session itself lives in L{caretproto.session}.
 from __future__ import annotations
 
 import resource
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -34,6 +34,7 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
+from caretproto.endpoints import clientEndpoint
 from caretproto.session import (
     DEFAULT_TIMEOUT,
     ReferenceLogObserver,
@@ -55,7 +56,10 @@ ENDPOINT_EXAMPLES = (
 class Options(usage.Options):
     """Options of C{caret-client}."""
 
-    synopsis = f"{PROGRAM} [-n N] [options] (HOST PORT | --endpoint DESCRIPTION)"
+    synopsis = (
+        f"{PROGRAM} [-n N] [options] ([--tls [--ca FILE]] HOST PORT "
+        "| --endpoint DESCRIPTION)"
+    )
     longdesc = (
         "Run the reference session of the caret protocol (greeting, three "
         "buffers 1.0 s, 1.0 s and 0.2 s apart, close) on N connections at "
@@ -64,6 +68,11 @@ class Options(usage.Options):
     )
     optFlags = [
         ["quiet", "q", "Log only failures; print the elapsed time and summary."],
+        [
+            "tls",
+            None,
+            "Speak TLS to HOST PORT; the server's certificate must be valid for HOST.",
+        ],
     ]
     optParameters = [
         [
@@ -72,6 +81,13 @@ class Options(usage.Options):
             1,
             "How many connections run the session at once.",
             positive("connections", "100"),
+        ],
+        [
+            "ca",
+            None,
+            None,
+            "With --tls: a PEM file of the certificate authority to trust, "
+            "instead of those the system trusts.",
         ],
         [
             "endpoint",
@@ -92,9 +108,16 @@ class Options(usage.Options):
     ]
 
     def parseArgs(self, *server: str) -> None:
+        if self["ca"] is not None and not self["tls"]:
+            raise usage.UsageError("--ca FILE is for --tls: give both")
         if self["endpoint"] is not None:
             if server:
                 raise usage.UsageError("give either HOST PORT or --endpoint, not both")
+            if self["tls"]:
+                raise usage.UsageError(
+                    "--tls is for HOST PORT; with --endpoint, give a tls: "
+                    "description, like tls:example.com:9443:trustRoots=/etc/caret/ca"
+                )
             return
         if len(server) != 2:
             raise usage.UsageError(
@@ -141,22 +164,18 @@ def raiseOpenFilesLimit(
     return hard
 
 
-def _tcpEndpoint(reactor: IReactorTime, host: str, port: int) -> IStreamClientEndpoint:
-    """
-    A TCP endpoint for HOST PORT, resolved once here rather than on each of
-    N connections.
-    """
-    try:
-        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4]
-    except OSError as error:
-        raise usage.UsageError(f"cannot resolve HOST {host!r}: {error}") from None
-    # TCP4ClientEndpoint connects to an IPv6 address as well, given one.
-    return endpoints.TCP4ClientEndpoint(reactor, str(address[0]), port)
-
-
 def _endpoint(reactor: IReactorTime, options: Options) -> IStreamClientEndpoint:
     if options["endpoint"] is None:
-        return _tcpEndpoint(reactor, options["host"], options["port"])
+        try:
+            return clientEndpoint(
+                reactor,
+                options["host"],
+                options["port"],
+                tls=options["tls"],
+                ca=options["ca"],
+            )
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
     try:
         return endpoints.clientFromString(reactor, options["endpoint"])
     except Exception as error:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -81,6 +82,10 @@ class CaretProtocol(Protocol, TimeoutMixin):
     C{bufferSize}, 64 KiB for TCP), Twisted calls L{pauseProducing} and the
     session stops reading until they drain.  Nothing is dropped: the client's
     further bytes wait in the kernel, and TCP tells the client to wait too.
+    It registers when it first has a reply to send, not on connect: a TLS
+    transport pauses its producer while a write waits for the handshake, and
+    to stop reading then would stall the handshake, and so the session,
+    forever (Twisted issue 6385).  Until a reply is owed nothing can back up.
 
     With the factory's C{idleTimeout}, a session whose client sends nothing
     for that long is closed.  Only time spent reading counts: while flow
@@ -119,6 +124,8 @@ class CaretProtocol(Protocol, TimeoutMixin):
     admitted = False
     idleClosing = False
     startedAt = 0.0
+    _producing = False
+    _finishing = False
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
@@ -127,7 +134,6 @@ class CaretProtocol(Protocol, TimeoutMixin):
             self.transport.loseConnection()
             return
         self.admitted = True
-        self.transport.registerProducer(self, True)
         self.factory.sessionArrived(self)
 
     def hold(self) -> None:
@@ -160,6 +166,9 @@ class CaretProtocol(Protocol, TimeoutMixin):
         self.state, reply, ended = feed(self.state, data)
         self.messages += ended
         if reply:
+            if not self._producing and not self._finishing:
+                self._producing = True
+                self.transport.registerProducer(self, True)
             self.bytesSent += len(reply)
             self.transport.write(reply)
 
@@ -168,7 +177,12 @@ class CaretProtocol(Protocol, TimeoutMixin):
         End the session as the protocol ends it: stop reading, deliver every
         reply already owed, then close.
         """
-        self.transport.unregisterProducer()
+        # No producer from now on: a transport closes only once its producer
+        # is gone (TLS would otherwise never send its close).
+        self._finishing = True
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def readConnectionLost(self) -> None:
@@ -314,6 +328,9 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
     @ivar connectionsByPeer: with C{maxPerPeer}, the connections each IP
         address holds.
     @ivar clock: the timer for idle timeouts and the per-peer log.
+    @ivar endObservers: callables given each session as it ends, after it has
+        left C{sessions} and with its counters final; how metrics learn of
+        ended sessions without a subclass.
     """
 
     protocol = CaretProtocol
@@ -334,6 +351,7 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
         self.acceptor: Acceptor | None = None
         self.connectionsByPeer: Counter[str] = Counter()
         self._refusals = _PerPeerRefusals(self)
+        self.endObservers: list[Callable[[CaretProtocol], object]] = []
         self._idleWaiters: list[Deferred[None]] = []
         self._endWaiters: list[Deferred[None]] = []
 
@@ -393,6 +411,8 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
     def sessionEnded(self, session: CaretProtocol) -> None:
         """A session's connection is gone.  Override to observe it (call up)."""
         self.sessions.discard(session)
+        for observer in self.endObservers:
+            observer(session)
         if self.maxSessions is not None:
             self._admit()
         ended, self._endWaiters = self._endWaiters, []

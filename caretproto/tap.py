@@ -47,6 +47,8 @@ ENDPOINT_EXAMPLES = (
     "systemd:domain=INET:index=0"
 )
 
+METRICS_EXAMPLES = "9100, tcp:9100:interface=127.0.0.1, unix:/run/caret-metrics.sock"
+
 # Endpoint types that listen themselves and so accept a backlog= argument.
 _BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "haproxy"})
 
@@ -196,6 +198,13 @@ class Options(usage.Options):
             "listening sockets it inherits, one per --port.",
             inheritedDescriptors,
         ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this endpoint, like "
+            "tcp:9100:interface=127.0.0.1 (a bare number is TCP on that port).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -238,6 +247,10 @@ class Options(usage.Options):
             self._endpoint(port, fd)
             for port, fd in zip(self["port"], inherited, strict=True)
         ]
+        if self["metrics"] is not None:
+            given = self["metrics"]
+            self["metrics"] = f"tcp:{given}" if given.isdigit() else given
+            _checkMetricsEndpoint(self["metrics"], given)
 
     def _endpoint(self, port: str, inherited: int | None) -> IStreamServerEndpoint:
         """
@@ -265,6 +278,19 @@ class Options(usage.Options):
             ) from None
 
 
+def _checkMetricsEndpoint(description: str, given: str) -> None:
+    from twisted.internet import endpoints, reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as error:
+        raise usage.UsageError(
+            f"--metrics {given!r} is not a usable endpoint ({error}); "
+            f"use a port number or a Twisted endpoint description, like "
+            f"{METRICS_EXAMPLES}"
+        ) from None
+
+
 def makeService(options: Mapping[str, Any]) -> IService:
     """
     The caret server for parsed C{options}: a L{MultiService} holding a
@@ -273,7 +299,9 @@ def makeService(options: Mapping[str, Any]) -> IService:
     With C{--workers N}, the C{caret} service only listens, and a
     L{WorkerPool} named C{workers} runs the N processes that accept.  A
     worker (C{--worker-fds}) is the plain server on inherited sockets, with a
-    L{ParentLink}.
+    L{ParentLink}.  With C{--metrics}, the web service that serves the
+    metrics is beside them, named C{metrics}; with C{--workers}, the
+    parent's serves the sum of the workers', which report to it.
     """
     top = MultiService()
     OpenFilesLimit().setServiceParent(top)
@@ -284,6 +312,7 @@ def makeService(options: Mapping[str, Any]) -> IService:
     caret.shutdownTimeout = options.get("shutdown-timeout", caret.shutdownTimeout)
     caret.setName("caret")
     caret.setServiceParent(top)
+    metrics = options.get("metrics")
     if options.get("workers", 1) > 1:
         caret.pauseAccepting("the workers accept")
         pool = WorkerPool(
@@ -294,6 +323,27 @@ def makeService(options: Mapping[str, Any]) -> IService:
         )
         pool.setName("workers")
         pool.setServiceParent(top)
+        if metrics is not None:
+            from caretproto.metrics import WorkersMetrics, metricsService
+
+            workersMetrics = WorkersMetrics()
+            pool.reports = workersMetrics
+            _named(metricsService(metrics, workersMetrics.registry), "metrics", top)
     elif options.get("worker-fds") is not None:
         ParentLink().setServiceParent(top)
+        if metrics is not None:
+            # The parent serves --metrics for all: a worker reports to it.
+            from caretproto.metrics import CaretMetrics, MetricsReporter
+
+            reporter = MetricsReporter(CaretMetrics(factory), factory)
+            _named(reporter, "metrics", top)
+    elif metrics is not None:
+        from caretproto.metrics import CaretMetrics, metricsService
+
+        _named(metricsService(metrics, CaretMetrics(factory).registry), "metrics", top)
     return top
+
+
+def _named(service: IService, name: str, parent: MultiService) -> None:
+    service.setName(name)
+    service.setServiceParent(parent)

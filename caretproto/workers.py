@@ -18,12 +18,13 @@ C{SO_REUSEPORT} does better, spreading a burst of connections evenly, the
 workers get by accepting one connection each time the socket is ready.
 
 The parent side is L{WorkerPool}: it starts the workers, relays their log
-events into its own log (marked with the worker's number and pid), replaces a
-worker that dies, and on shutdown asks each to stop (SIGTERM, so that each
-drains its sessions as L{caretproto.service.CaretService} does) and waits for
-them.  The worker side is L{inheritedEndpoint} (listen on an inherited socket
-as the description's own endpoint would) and L{ParentLink} (stop when the
-parent is gone).
+events into its own log (marked with the worker's number and pid), hands
+their reports (log events with a L{REPORT} field: their metrics) to whatever
+gathers them, replaces a worker that dies, and on shutdown asks each to stop
+(SIGTERM, so that each drains its sessions as
+L{caretproto.service.CaretService} does) and waits for them.  The worker side
+is L{inheritedEndpoint} (listen on an inherited socket as the description's
+own endpoint would) and L{ParentLink} (stop when the parent is gone).
 
 Not here: the protocol, the options (L{caretproto.tap}), or balancing across
 machines, which is a load balancer's job (C{haproxy:} endpoints,
@@ -38,9 +39,10 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from string import Formatter
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
@@ -75,6 +77,27 @@ Endpoint types whose listening socket a worker can take over, alone or
 behind C{haproxy:}.  Each listens with C{listenTCP}, C{listenUNIX},
 C{listenSSL} or C{adoptStreamPort}, which L{inheritedEndpoint} answers.
 """
+
+
+REPORT = "worker_report"
+"""
+The field of a worker's log event that makes it a report to the parent: the
+pool hands its value to L{WorkerPool.reports} instead of logging it.
+"""
+
+
+class WorkerReports(TypingProtocol):
+    """
+    What gathers the workers' reports: L{caretproto.metrics.WorkersMetrics}.
+    Each worker process is known by a key of its own, and is told of once it
+    has ended.
+    """
+
+    def reported(self, worker: Hashable, report: Any) -> None:
+        """C{worker} reported C{report}, a L{REPORT} field's value."""
+
+    def ended(self, worker: Hashable) -> None:
+        """C{worker} has ended: it will report no more."""
 
 
 def adoptable(description: str) -> bool:
@@ -164,9 +187,12 @@ class WorkerPool(Service):
 
     @ivar killAfter: seconds the workers get to drain their sessions after
         SIGTERM before they are killed.
+    @ivar reports: what the workers' reports go to, if anything; without it
+        they are logged like any other event.
     """
 
     log = Logger()
+    reports: WorkerReports | None = None
     steadyAfter = 10.0
     restartDelay: Callable[[int], float] = staticmethod(
         backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=2.0, jitter=lambda: 0)
@@ -251,6 +277,9 @@ class WorkerPool(Service):
         """
         text = line.lstrip(b"\x1e").decode("utf-8", "replace")
         event = _logEvent(text) if childFD == 1 else None
+        if event is not None and REPORT in event and self.reports is not None:
+            self.reports.reported(worker, event[REPORT])
+            return
         if event is None:
             if text.strip():
                 self.log.emit(
@@ -278,6 +307,8 @@ class WorkerPool(Service):
         """
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
+        if self.reports is not None:
+            self.reports.ended(worker)
         status = describeExit(reason)
         if not self.running:
             self.log.info(

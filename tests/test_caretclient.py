@@ -69,6 +69,8 @@ class OptionsTests(TestCase):
             (["-n", "0", "localhost", "9090"], "--connections"),
             (["--timeout", "-1", "localhost", "9090"], "--timeout"),
             (["--endpoint", "tcp:x:1", "localhost", "9090"], "not both"),
+            (["--ca", "ca.pem", "localhost", "9090"], "--ca FILE is for --tls"),
+            (["--tls", "--endpoint", "tcp:x:1"], "give a tls: description"),
         ]:
             error = self.assertRaises(usage.UsageError, self.parse, *argv)
             self.assertIn(says, str(error), argv)

@@ -48,8 +48,12 @@ class FlowControlDecisionTests(TestCase):
     drain.
     """
 
-    def test_session_is_its_transports_streaming_producer(self) -> None:
+    def test_session_is_its_transports_streaming_producer_once_it_owes_a_reply(
+        self,
+    ) -> None:
+        """Not before: see tests/test_protocol.py and tests/test_tls.py."""
         session, transport = connect(clockedFactory()[0])
+        session.dataReceived(b"^a")
         self.assertIs(transport.producer, session)
         self.assertTrue(transport.streaming)
 

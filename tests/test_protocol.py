@@ -152,14 +152,44 @@ class EndOfSessionTests(SynchronousTestCase):
         self,
     ) -> None:
         protocol, transport, _ = connect()
+        protocol.dataReceived(b"^a")
         self.assertIs(transport.producer, protocol)
         protocol.finish()
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.disconnecting)
+
+    def test_closing_before_any_reply_needs_no_producer(self) -> None:
+        protocol, transport, _ = connect()
+        protocol.finish()
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.disconnecting)
+
+    def test_replies_after_closing_register_no_producer(self) -> None:
+        """
+        A transport that still delivers data after C{loseConnection} (TLS
+        does, until the peer's close) must not get a producer again: it
+        would wait for it to go before closing.
+        """
+        protocol, transport, _ = connect()
+        protocol.finish()
+        protocol.dataReceived(b"^a")
         self.assertIsNone(transport.producer)
 
 
 class FlowControlTests(SynchronousTestCase):
-    def test_session_is_its_transports_streaming_producer(self) -> None:
+    def test_session_becomes_its_transports_streaming_producer_at_its_first_reply(
+        self,
+    ) -> None:
+        """
+        Not before: a TLS transport pauses its producer while the greeting
+        waits for the handshake, and a session that stopped reading then
+        would stall the handshake (tests/test_tls.py has it for real).
+        """
         protocol, transport, _ = connect()
+        self.assertIsNone(transport.producer)
+        protocol.dataReceived(b"^")
+        self.assertIsNone(transport.producer)
+        protocol.dataReceived(b"a")
         self.assertTrue(IPushProducer.providedBy(protocol))
         self.assertIs(transport.producer, protocol)
         self.assertTrue(transport.streaming)

@@ -88,17 +88,27 @@ class Twistd(ProcessProtocol):
 
     @classmethod
     def start(
-        cls, testCase: TestCase, *argv: str, runner: list[str] | None = None
+        cls,
+        testCase: TestCase,
+        *argv: str,
+        runner: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        childFDs: dict[int, int | str] | None = None,
     ) -> Twistd:
-        """Start C{twistd -n} (or C{runner}) with C{argv}."""
+        """
+        Start C{twistd -n} (or C{runner}) with C{argv}, in C{env} (default:
+        this process's environment), with C{childFDs} as for
+        C{spawnProcess} (default: standard input, output and error).
+        """
         process = cls()
         command = runner or [TWISTD, "-n", "--pidfile="]
         transport = reactor.spawnProcess(  # type: ignore[attr-defined]
             process,
             command[0],
             [*command, *argv],
-            env=dict(os.environ),
+            env=dict(os.environ) if env is None else env,
             path=str(REPO),
+            childFDs=childFDs,
         )
 
         def stop() -> Deferred[ProcessDone | ProcessTerminated]:

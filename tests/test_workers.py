@@ -37,6 +37,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from caretproto.server import CaretFactory
 from caretproto.service import CaretService
 from caretproto.workers import (
+    REPORT,
     ParentLink,
     WorkerPool,
     adoptable,
@@ -238,6 +239,20 @@ class PoolTests(SynchronousTestCase):
         self.successResultOf(self.pool.stopService())
 
 
+class Reports:
+    """Records what a pool tells of its workers' reports."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[object, Any]] = []
+        self.gone: list[object] = []
+
+    def reported(self, worker: object, report: Any) -> None:
+        self.received.append((worker, report))
+
+    def ended(self, worker: object) -> None:
+        self.gone.append(worker)
+
+
 class RelayTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = ProcessReactor()
@@ -281,6 +296,24 @@ class RelayTests(SynchronousTestCase):
     ) -> None:
         self.worker.childDataReceived(1, self.workerLogs("got {thing}", thing=object))
         self.assertEqual(formatEvent(self.events[0]), "got <class 'object'>")
+
+    def test_a_report_goes_to_the_reports_not_the_log(self) -> None:
+        reports = Reports()
+        self.pool.reports = reports
+        self.worker.childDataReceived(
+            1, self.workerLogs("metrics for the parent", **{REPORT: {"messages": 3}})
+        )
+        self.assertEqual(self.events, [])
+        self.assertEqual(reports.received, [(self.worker, {"messages": 3})])
+        self.worker.processEnded(Failure(ProcessDone(0)))
+        self.assertEqual(reports.gone, [self.worker])
+
+    def test_without_reports_a_report_is_logged_like_any_event(self) -> None:
+        self.worker.childDataReceived(
+            1, self.workerLogs("metrics for the parent", **{REPORT: {"messages": 3}})
+        )
+        [event] = self.events
+        self.assertEqual(event[REPORT], {"messages": 3})
 
     def test_other_output_is_logged_as_text_stderr_as_a_warning(self) -> None:
         self.worker.childDataReceived(1, b"not json\n")

@@ -1,0 +1,365 @@
+"""
+Prometheus metrics for a caret server, served at C{/metrics} by twisted.web.
+
+L{CaretMetrics} watches one L{CaretFactory} and answers, at scrape time, what
+its sessions have done: the sessions that ended are folded into running
+totals as they end, and the sessions in progress are read live.  So the data
+path pays nothing for metrics -- the protocol keeps its own counters whether
+or not anyone scrapes them -- and a scrape still sees the bytes of a session
+that has been running for hours, not only those of sessions that ended.
+
+L{metricsService} is the twisted.web service that serves them, composed beside
+the caret service by L{caretproto.tap.makeService}.  This module does not
+decide where to listen and keeps no global state: every L{CaretMetrics} has
+its own L{CollectorRegistry}, so several servers in one process (or in one
+test run) never share or clash over metrics.
+
+With C{--workers}, one C{/metrics}, the parent's, covers every worker.  A
+L{Snapshot} is plain data that adds up field by field: each worker's
+L{MetricsReporter} writes its snapshot to the parent every
+L{REPORT_INTERVAL} seconds, and once more when it has drained, as a report
+in its JSON log (the channel the parent already reads, see
+L{caretproto.workers}); the parent's L{WorkersMetrics} serves the sum of the
+latest reports and of the last reports of the workers that ended.  So a
+scrape of the parent is up to L{REPORT_INTERVAL} behind the workers, and a
+worker that is killed loses what it did since its last report.
+(prometheus_client's multiprocess mode would not do: it cannot carry values
+read at scrape time, only values written on every change.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from twisted.application import strports
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.pages import notFound
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from caretproto.server import CaretFactory, CaretProtocol
+from caretproto.workers import REPORT
+
+DURATION_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+"""
+Upper bounds, in seconds, of the connection-duration histogram: from a
+connect-and-close probe, past the reference session (about 2.2 s), to
+sessions held open for an hour.
+"""
+
+
+REPORT_INTERVAL = 1.0
+"""Seconds between a worker's reports of its metrics to the parent."""
+
+
+def _zeros() -> tuple[int, ...]:
+    return (0,) * (len(DURATION_BUCKETS) + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """
+    What a caret server's sessions have done, at one moment: plain numbers
+    that add up, so snapshots from several processes can be summed.
+    """
+
+    connectionsActive: int = 0
+    connectionsTotal: int = 0
+    messages: int = 0
+    bytesReceived: int = 0
+    bytesSent: int = 0
+    pauses: int = 0
+    durationCounts: tuple[int, ...] = dataclasses.field(default_factory=_zeros)
+    """Ended sessions per duration bucket (not cumulative); the last is +Inf."""
+    durationSum: float = 0.0
+
+    def __add__(self, other: Snapshot) -> Snapshot:
+        return Snapshot(
+            connectionsActive=self.connectionsActive + other.connectionsActive,
+            connectionsTotal=self.connectionsTotal + other.connectionsTotal,
+            messages=self.messages + other.messages,
+            bytesReceived=self.bytesReceived + other.bytesReceived,
+            bytesSent=self.bytesSent + other.bytesSent,
+            pauses=self.pauses + other.pauses,
+            durationCounts=tuple(
+                mine + theirs
+                for mine, theirs in zip(
+                    self.durationCounts, other.durationCounts, strict=True
+                )
+            ),
+            durationSum=self.durationSum + other.durationSum,
+        )
+
+    def report(self) -> dict[str, Any]:
+        """The snapshot as plain JSON-ready data, for L{fromReport}."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def fromReport(cls, report: dict[str, Any]) -> Snapshot:
+        """
+        The snapshot that L{report} gave, read back from JSON.
+
+        @raise TypeError: if C{report} is not one.
+        """
+        fields = dict(report)
+        fields["durationCounts"] = tuple(fields.get("durationCounts", ()))
+        snapshot = cls(**fields)
+        if len(snapshot.durationCounts) != len(DURATION_BUCKETS) + 1:
+            raise TypeError(f"not a report of {len(DURATION_BUCKETS)} buckets")
+        return snapshot
+
+    def families(self) -> Iterator[Metric]:
+        """The snapshot as Prometheus metric families."""
+        yield GaugeMetricFamily(
+            "caret_connections_active",
+            "Caret sessions in progress.",
+            value=self.connectionsActive,
+        )
+        for name, documentation, value in [
+            ("caret_connections", "Caret sessions started.", self.connectionsTotal),
+            ("caret_messages", "Messages ended by $.", self.messages),
+            ("caret_bytes_received", "Bytes read from clients.", self.bytesReceived),
+            (
+                "caret_bytes_sent",
+                "Bytes written to clients, greetings included.",
+                self.bytesSent,
+            ),
+            (
+                "caret_flow_control_pauses",
+                "Times a session stopped reading because its replies backed up.",
+                self.pauses,
+            ),
+        ]:
+            yield CounterMetricFamily(name, documentation, value=value)
+        cumulative = 0
+        buckets = []
+        for bound, count in zip(
+            [*map(str, DURATION_BUCKETS), "+Inf"], self.durationCounts, strict=True
+        ):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(
+            "caret_connection_duration_seconds",
+            "How long ended caret sessions lasted.",
+            buckets=buckets,
+            sum_value=self.durationSum,
+        )
+
+
+class _Collector:
+    """
+    A Prometheus collector of a L{Snapshot}, with a registry of its own.
+
+    @ivar registry: the registry to scrape: these metrics and the process's
+        own (CPU, memory, open file descriptors).
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self)
+        ProcessCollector(registry=self.registry)
+
+    def snapshot(self) -> Snapshot:
+        raise NotImplementedError
+
+    def collect(self) -> Iterator[Metric]:
+        """The prometheus_client collector protocol."""
+        return self.snapshot().families()
+
+
+class CaretMetrics(_Collector):
+    """
+    A Prometheus collector for the sessions of one L{CaretFactory}.
+    """
+
+    def __init__(
+        self, factory: CaretFactory, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """
+        Watch C{factory}'s sessions.  C{clock} must be the clock that
+        L{CaretProtocol.startedAt} is read from.
+        """
+        self._factory = factory
+        self._clock = clock
+        # The ended sessions' totals, kept as plain numbers: a session's end
+        # costs a few additions, not a Snapshot.
+        self._ended = 0
+        self._messages = 0
+        self._bytesReceived = 0
+        self._bytesSent = 0
+        self._pauses = 0
+        self._durationCounts = [0] * (len(DURATION_BUCKETS) + 1)
+        self._durationSum = 0.0
+        factory.endObservers.append(self._sessionEnded)
+        super().__init__()
+
+    def _sessionEnded(self, session: CaretProtocol) -> None:
+        duration = self._clock() - session.startedAt
+        self._ended += 1
+        self._messages += session.messages
+        self._bytesReceived += session.bytesReceived
+        self._bytesSent += session.bytesSent
+        self._pauses += session.pauses
+        self._durationCounts[bisect_left(DURATION_BUCKETS, duration)] += 1
+        self._durationSum += duration
+
+    def snapshot(self) -> Snapshot:
+        """
+        The totals now: the ended sessions' plus the live counters of the
+        sessions in progress.  Each counter only grows, because a session
+        leaves the live sum in the same call that adds it to the ended totals.
+        """
+        sessions = self._factory.sessions
+        return Snapshot(
+            connectionsActive=len(sessions),
+            connectionsTotal=self._ended + len(sessions),
+            messages=self._messages + sum(s.messages for s in sessions),
+            bytesReceived=self._bytesReceived + sum(s.bytesReceived for s in sessions),
+            bytesSent=self._bytesSent + sum(s.bytesSent for s in sessions),
+            pauses=self._pauses + sum(s.pauses for s in sessions),
+            durationCounts=tuple(self._durationCounts),
+            durationSum=self._durationSum,
+        )
+
+
+class WorkersMetrics(_Collector):
+    """
+    The metrics of a L{caretproto.workers.WorkerPool}'s workers, as one
+    server: the sum of each running worker's latest report and of the last
+    reports of the workers that ended (their sessions ended with them).  The
+    process metrics are the parent's own.
+    """
+
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self._latest: dict[Hashable, Snapshot] = {}
+        self._gone = Snapshot()
+        super().__init__()
+
+    def reported(self, worker: Hashable, report: Any) -> None:
+        """C{worker} sent the report of a L{MetricsReporter}."""
+        try:
+            self._latest[worker] = Snapshot.fromReport(report)
+        except (TypeError, ValueError) as error:
+            self._log.error(
+                "a worker's metrics report is not one: {error}", error=error
+            )
+
+    def ended(self, worker: Hashable) -> None:
+        """C{worker} is gone: keep its counts, none of its sessions."""
+        last = self._latest.pop(worker, None)
+        if last is not None:
+            self._gone += dataclasses.replace(last, connectionsActive=0)
+
+    def snapshot(self) -> Snapshot:
+        total = self._gone
+        for latest in self._latest.values():
+            total += latest
+        return total
+
+
+class MetricsReporter(Service):
+    """
+    In a worker: report the metrics of C{metrics} to the parent every
+    L{REPORT_INTERVAL} seconds, as a log event with a
+    L{caretproto.workers.REPORT} field, and once more when the worker has
+    drained its sessions.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        metrics: CaretMetrics,
+        factory: CaretFactory,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self._metrics = metrics
+        self._factory = factory
+        self._reporting = LoopingCall(self.report)
+        if clock is not None:
+            self._reporting.clock = clock
+
+    def report(self) -> None:
+        """Report the metrics now."""
+        self._log.info(
+            "metrics for the parent", **{REPORT: self._metrics.snapshot().report()}
+        )
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._reporting.start(REPORT_INTERVAL)
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        if self._reporting.running:
+            self._reporting.stop()
+        return self._factory.whenIdle().addCallback(lambda _: self.report())
+
+
+class MetricsPage(Resource):
+    """
+    A registry in the Prometheus text format (or OpenMetrics, when the
+    scraper asks for it).
+
+    Unlike C{prometheus_client.twisted.MetricsResource}, which renders in the
+    reactor's thread pool through WSGI, this renders in the reactor thread:
+    L{CaretMetrics} reads live sessions that only the reactor thread may
+    touch, and a scrape is cheap enough not to need a thread.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader("accept")
+        encode, contentType = choose_encoder(accept or "")
+        request.setHeader("content-type", contentType)
+        return encode(self._registry)
+
+
+class _MetricsSite(Site):
+    """
+    A site that does not log each request: a scrape every few seconds would
+    bury the sessions' log lines.
+    """
+
+    noisy = False
+
+    def logPrefix(self) -> str:
+        return "metrics"
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
+def metricsService(description: str, registry: CollectorRegistry) -> IService:
+    """
+    A service that serves C{registry} at C{/metrics} on the endpoint
+    C{description}; other paths are 404.
+    """
+    root = notFound()
+    root.putChild(b"metrics", MetricsPage(registry))
+    return strports.service(description, _MetricsSite(root))

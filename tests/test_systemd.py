@@ -1,0 +1,109 @@
+"""
+Tests for systemd socket activation: C{twistd -n caret --port
+systemd:domain=INET:index=0} serving sockets it inherits, as systemd hands them
+over (C{LISTEN_FDS}, C{LISTEN_FDNAMES}, C{LISTEN_PID}, descriptors from 3 on).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent
+
+from caretproto.tap import endpointDescription
+from tests.test_metrics import get
+from tests.test_twistd import TWISTD, Twistd
+from tests.workedexample import WORKED_EXAMPLE_ANSWER, runWorkedExample
+
+
+def listeningSocket() -> socket.socket:
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(16)
+    return listening
+
+
+class SocketActivationTests(TestCase):
+    timeout = 60
+
+    def test_systemd_descriptions_get_no_backlog(self) -> None:
+        """
+        The listen queue of an inherited socket is systemd's (C{Backlog=}), so
+        C{--backlog} must not add C{backlog=} to a systemd: description.
+        """
+        self.assertEqual(
+            endpointDescription("systemd:domain=INET:index=0", 4096),
+            "systemd:domain=INET:index=0",
+        )
+
+    async def test_twistd_serves_the_sockets_it_inherits(self) -> None:
+        caret, metrics = listeningSocket(), listeningSocket()
+        caretPort = caret.getsockname()[1]
+        metricsPort = metrics.getsockname()[1]
+        environment = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith("LISTEN_")
+        }
+        # Twisted takes inherited sockets only when LISTEN_FDNAMES names as
+        # many as LISTEN_FDS counts, as systemd 227 and later always do.
+        environment["LISTEN_FDS"] = "2"
+        environment["LISTEN_FDNAMES"] = "caret:metrics"
+        twistd = Twistd.start(
+            self,
+            "caret",
+            "--port",
+            "systemd:domain=INET:index=0",
+            "--metrics",
+            "systemd:domain=INET:name=metrics",
+            # systemd sets LISTEN_PID to the pid of the process it starts;
+            # the shell sets it to its own, which exec hands on to twistd.
+            runner=[
+                "/bin/sh",
+                "-c",
+                'LISTEN_PID=$$ exec "$0" "$@"',
+                TWISTD,
+                "-n",
+                "--pidfile=",
+            ],
+            env=environment,
+            childFDs={0: "w", 1: "r", 2: "r", 3: caret.fileno(), 4: metrics.fileno()},
+        )
+        # From here on only twistd holds the listening sockets: clients that
+        # connect before it is ready wait in the listen queue.
+        caret.close()
+        metrics.close()
+
+        answer = await runWorkedExample(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", caretPort)
+        )
+        self.assertEqual(answer, WORKED_EXAMPLE_ANSWER, twistd.output.decode())
+        self.assertEqual(
+            await twistd.listening, [f"127.0.0.1:{caretPort}"], twistd.output.decode()
+        )
+
+        response, body = await get(
+            Agent(reactor), f"http://127.0.0.1:{metricsPort}/metrics".encode()
+        )
+        self.assertEqual(response.code, 200)
+        found = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+        }
+        self.assertEqual(found["caret_connections_total"], 1)
+        self.assertEqual(found["caret_messages_total"], 4)
+        self.assertEqual(found["caret_bytes_sent_total"], len(WORKED_EXAMPLE_ANSWER))
+
+        twistd.transport.signalProcess(signal.SIGTERM)
+        ended = await twistd.ended
+        # twistd shuts down cleanly, then ends by the signal that stopped it,
+        # as systemd expects of a service it stops.
+        self.assertEqual(ended.signal, signal.SIGTERM)  # type: ignore[union-attr]
+        self.assertIn("Server Shut Down.", twistd.output.decode())

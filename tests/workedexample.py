@@ -1,0 +1,41 @@
+"""
+PROTOCOL.md's worked example, run against a real server by tests whose
+subject is something else: TLS, metrics, socket activation.  The answers are
+PROTOCOL.md's table, not L{caretproto.rules}, and the client is
+L{tests.rawclient.RawClient}, which knows nothing of the protocol.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+from tests.rawclient import RawClient
+
+WORKED_EXAMPLE = [
+    (b"^abc$de^abte$f", b"bcdbcuf"),
+    (b"xyz^123", b"234"),
+    (b"25$^ab$abab", b"36bc"),
+]
+"""Each buffer the client sends, and what the server answers to it."""
+
+WORKED_EXAMPLE_ANSWER = b"*bcdbcuf23436bc"
+"""All that the server sends, the greeting included."""
+
+
+async def runWorkedExample(endpoint: IStreamClientEndpoint) -> bytes:
+    """
+    Connect through C{endpoint}, wait for the greeting, send each buffer once
+    the previous one is answered, then close; return every byte received.
+    Fails with the reason if the connection is lost before its answers.
+    """
+    client = await connectProtocol(endpoint, RawClient())
+    expected = 1
+    await client.receivedAtLeast(expected)
+    for sent, answered in WORKED_EXAMPLE:
+        client.transport.write(sent)  # type: ignore[union-attr]
+        expected += len(answered)
+        await client.receivedAtLeast(expected)
+    # Close entirely, not just the sending side: TLS cannot half-close.
+    client.transport.loseConnection()  # type: ignore[union-attr]
+    return await client.done
