@@ -1,20 +1,33 @@
 """
-A raw caret client for the server's own tests: it sends bytes as told and
-keeps every byte it receives, knowing nothing of the protocol, so that what
-the server sends is checked against the reference model and not against
-another implementation of the rules.
+Real sockets, for the tests whose subject is the network: a raw caret client,
+a caret server on an ephemeral loopback port, and a way to wait for a state
+that the network reaches in its own time.
+
+The client sends bytes as told and keeps every byte it receives, knowing
+nothing of the protocol, so that what the server sends is checked against the
+reference model and not against another implementation of the rules.  Not for
+unit tests: those use L{tests.fakes} or L{tests.wire}, on a StringTransport.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    clientFromString,
+    connectProtocol,
+)
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from caretproto.server import CaretFactory
 
 
 class RawClient(Protocol):
@@ -56,6 +69,34 @@ class RawClient(Protocol):
             yield deferLater(reactor, 0, lambda: None)
 
 
-def connect(description: str) -> Deferred[RawClient]:
-    """Connect a L{RawClient} to a client endpoint description."""
-    return connectProtocol(clientFromString(reactor, description), RawClient())
+def connect(to: str | int | IListeningPort) -> Deferred[RawClient]:
+    """
+    A L{RawClient} connected to C{to}: a client endpoint description, or a
+    port (or its number) on 127.0.0.1.
+    """
+    if not isinstance(to, str):
+        number = to if isinstance(to, int) else to.getHost().port  # type: ignore[attr-defined]
+        to = f"tcp:127.0.0.1:{number}"
+    return connectProtocol(clientFromString(reactor, to), RawClient())
+
+
+async def serve(case: TestCase, factory: CaretFactory) -> IListeningPort:
+    """Listen with C{factory} on an ephemeral loopback port until C{case} ends."""
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    case.addCleanup(port.stopListening)
+    return port
+
+
+async def settle(
+    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """
+    Wait until C{condition()} holds, polling: for a state the network
+    reaches in its own time (kernel buffers filling), where no event says so.
+    """
+    waited = 0.0
+    while not condition():
+        if waited > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await deferLater(reactor, interval)
+        waited += interval

@@ -27,9 +27,8 @@ from caretproto.caretclient import (
     Options,
     raiseOpenFilesLimit,
 )
-from tests.test_twistd import Twistd
+from tests.twistd import LOOPBACK, Twistd
 
-LOOPBACK = "tcp:0:interface=127.0.0.1"
 CLIENT = [sys.executable, "-m", "caretproto.caretclient"]
 
 

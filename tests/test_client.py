@@ -5,9 +5,6 @@ the client against the real service over loopback.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
@@ -25,6 +22,7 @@ from caretproto.client import (
 )
 from caretproto.rules import reply_to
 from caretproto.tap import Options, makeService
+from tests.tempfolder import shortTempPath
 from tests.wire import HalfCloseableTransport
 
 
@@ -233,7 +231,7 @@ class LoopbackTests(TestCase):
 
     @inlineCallbacks
     def test_request_over_a_unix_socket(self):
-        path = os.path.join(tempfile.mkdtemp(), "caret.sock")
+        path = shortTempPath(self, "caret.sock")
         self.serve(f"unix:{path}")
         client = yield connect(reactor, f"unix:path={path}")
         reply = yield client.request(b"unix")

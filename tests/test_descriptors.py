@@ -19,10 +19,9 @@ from caretproto.capacity import DescriptorShortage, _GuardedListener
 from caretproto.rules import GREETING
 from caretproto.server import CaretFactory
 from tests.fakes import connect, messages
-from tests.loopback import connect as connectTo
-from tests.loopback import settle
-from tests.rawclient import RawClient
-from tests.twistd import start
+from tests.rawclient import RawClient, settle
+from tests.rawclient import connect as connectTo
+from tests.twistd import LOOPBACK, Twistd
 
 
 class Acceptor:
@@ -130,7 +129,8 @@ class OutOfDescriptorsTests(TestCase):
     timeout = 60
 
     async def test_server_keeps_serving_and_accepts_again(self) -> None:
-        child, port = await start(self, openFiles=(24, 40))
+        child = Twistd.start(self, "caret", "--port", LOOPBACK, openFiles=(24, 40))
+        port = await child.serving()
         clients: list[RawClient] = []
         for _ in range(45):
             clients.append(await connectTo(port))
@@ -138,7 +138,7 @@ class OutOfDescriptorsTests(TestCase):
         def greeted() -> list[RawClient]:
             return [client for client in clients if client.received]
 
-        await child.whenLogged("cannot accept connections: EMFILE")
+        await child.logged("cannot accept connections: EMFILE")
         first = clients[0]
         await first.receivedAtLeast(len(GREETING))
         first.transport.write(b"^abc$")  # type: ignore[union-attr]
@@ -153,7 +153,7 @@ class OutOfDescriptorsTests(TestCase):
         for client in greeted()[11:]:
             client.transport.loseConnection()  # type: ignore[union-attr]
         await settle(lambda: len(greeted()) == len(clients))
-        await child.whenLogged("accepting connections again")
+        await child.logged("accepting connections again")
         first.transport.write(b"^xyz$")  # type: ignore[union-attr]
         await first.receivedAtLeast(len(GREETING + b"bcdyz{"))
 
@@ -167,7 +167,6 @@ class OutOfDescriptorsTests(TestCase):
         self.assertEqual(child.count("cannot accept connections"), 1)
         self.assertEqual(child.count("accepting connections again"), 1)
         self.assertEqual(child.count("EMFILE encountered|Could not accept"), 0)
-        failures = int(
-            (await child.whenLogged(r"\((\d+) accept attempts failed\)")).group(1)
-        )
+        [failed, *_] = await child.logged(r"\((\d+) accept attempts failed\)")
+        failures = int(failed.group(1))
         self.assertLess(failures, 20)

@@ -13,9 +13,8 @@ from twisted.trial.unittest import TestCase
 from caretproto.rules import GREETING, State, feed
 from caretproto.server import CaretFactory, CaretProtocol
 from tests.fakes import clockedFactory, connect
-from tests.loopback import connect as connectTo
-from tests.loopback import serve, settle
-from tests.rawclient import RawClient
+from tests.rawclient import RawClient, serve, settle
+from tests.rawclient import connect as connectTo
 
 # Small socket buffers on both ends, so that a few MiB are enough to fill
 # everything the kernel would otherwise absorb (loopback autotuning goes

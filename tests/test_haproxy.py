@@ -29,7 +29,8 @@ from zope.interface import implementer
 
 from caretproto.session import REFERENCE_SCRIPT, expectedReplies, runSessions
 from tests.rawclient import connect
-from tests.test_twistd import Twistd, shortTempPath
+from tests.tempfolder import shortTempPath
+from tests.twistd import Twistd
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 
@@ -117,7 +118,7 @@ class HAProxyTests(TestCase):
         haproxy = Twistd.start(self, runner=[str(HAPROXY), "-db", "-f", str(config)])
         haproxy.listening.addErrback(lambda _: None)
         # The health checks reach both servers once HAProxy is running.
-        yield gatherResults([server.logged(rb"connected") for server in servers])
+        yield gatherResults([server.logged(r"connected") for server in servers])
 
         clients = LocalPorts(TCP4ClientEndpoint(reactor, "127.0.0.1", port))
         report = yield runSessions(
@@ -134,9 +135,9 @@ class HAProxyTests(TestCase):
         status = yield self.serverStatus(stats)
         self.assertEqual(status, {"caret1": ("UP", "L7OK"), "caret2": ("UP", "L7OK")})
 
-        haproxy.transport.signalProcess(signal.SIGKILL)
+        haproxy.signal(signal.SIGKILL)
         for server in servers:
-            server.transport.signalProcess(signal.SIGTERM)
+            server.signal(signal.SIGTERM)
         yield gatherResults([server.ended for server in servers])
         bytesIn = sum(len(data) for data, _ in QUICK_SCRIPT)
         bytesOut = 1 + len(expectedReplies(QUICK_SCRIPT))
@@ -146,7 +147,7 @@ class HAProxyTests(TestCase):
                 for peer in re.findall(
                     rf"127\.0\.0\.1:(\d+) disconnected after [\d.]+s: {bytesIn} "
                     rf"bytes in, {bytesOut} bytes out, 4 messages",
-                    server.output.decode(),
+                    server.output,
                 )
             }
             for server in servers
@@ -156,7 +157,7 @@ class HAProxyTests(TestCase):
         self.assertTrue(served[0] and served[1], served)
         for server, ports in zip(servers, served, strict=True):
             for peer in ports:
-                self.assertIn(f"127.0.0.1:{peer} connected", server.output.decode())
+                self.assertIn(f"127.0.0.1:{peer} connected", server.output)
 
     @inlineCallbacks
     def serverStatus(self, stats: str) -> Any:

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from caretproto.rules import GREETING
 from caretproto.server import CaretFactory, CaretProtocol
-from tests.loopback import connect, serve, settle
+from tests.rawclient import connect, serve, settle
 
 
 class Fault(Exception):

@@ -53,7 +53,7 @@ class LoopbackTests(TestCase):
         return self.top.stopService()  # type: ignore[return-value]
 
     def connect(self) -> Deferred[RawClient]:
-        return connect(f"tcp:127.0.0.1:{self.port}")
+        return connect(self.port)
 
     @inlineCallbacks
     def session(self, seed: int) -> Any:
@@ -115,7 +115,7 @@ class BareFactoryTests(TestCase):
             CaretFactory()
         )
         self.addCleanup(port.stopListening)
-        client = yield connect(f"tcp:127.0.0.1:{port.getHost().port}")
+        client = yield connect(port)
         client.transport.write(b"^abc$")
         client.transport.loseWriteConnection()
         self.assertEqual((yield client.done), b"*bcd")

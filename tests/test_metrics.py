@@ -36,7 +36,8 @@ from caretproto.metrics import (
 from caretproto.server import CaretFactory, CaretProtocol
 from caretproto.tap import Options, makeService
 from caretproto.workers import REPORT
-from tests.test_twistd import WORKER_LISTENING, WORKER_SERVED, Twistd, shortTempPath
+from tests.tempfolder import shortTempPath
+from tests.twistd import LOOPBACK, WORKER_LISTENING, WORKER_SERVED, Twistd
 from tests.workedexample import (
     WORKED_EXAMPLE,
     WORKED_EXAMPLE_ANSWER,
@@ -399,13 +400,13 @@ class WorkersScrapeTests(TestCase):
             "--workers",
             "2",
             "--port",
-            "tcp:0:interface=127.0.0.1",
+            LOOPBACK,
             "--metrics",
-            "tcp:0:interface=127.0.0.1",
+            LOOPBACK,
         )
         [address] = await twistd.listening
-        [metricsPort] = await twistd.logged(rb"\[-\] metrics starting on (\d+)")
-        pids = {pid for _, pid in await twistd.logged(WORKER_LISTENING, 2)}
+        [metrics] = await twistd.logged(r"\[-\] metrics starting on (\d+)")
+        pids = {match[2] for match in await twistd.logged(WORKER_LISTENING, 2)}
         host, port = address.rsplit(":", 1)
         endpoint = TCP4ClientEndpoint(reactor, host, int(port))
         # Which worker accepts is up to the kernel: enough sessions and both
@@ -419,7 +420,7 @@ class WorkersScrapeTests(TestCase):
             self.assertEqual(answers, [WORKED_EXAMPLE_ANSWER] * 10)
             sessions += 10
 
-        url = f"http://127.0.0.1:{int(metricsPort)}/metrics".encode()
+        url = f"http://127.0.0.1:{int(metrics[1])}/metrics".encode()
         # The workers report every REPORT_INTERVAL: wait for the last of it.
         for _ in range(50):
             _, body = await get(Agent(reactor), url)
@@ -433,4 +434,4 @@ class WorkersScrapeTests(TestCase):
         self.assertEqual(
             found["caret_bytes_sent_total"], sessions * len(WORKED_EXAMPLE_ANSWER)
         )
-        self.assertNotIn("metrics for the parent", twistd.output.decode())
+        self.assertNotIn("metrics for the parent", twistd.output)

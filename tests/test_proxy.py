@@ -180,7 +180,7 @@ class LoopbackTests(TestCase):
         assert isinstance(caret, CaretService)
         port = caret.ports[0].getHost().port  # type: ignore[attr-defined]
 
-        client = yield connect(f"tcp:127.0.0.1:{port}")
+        client = yield connect(port)
         client.transport.write(HEADER)
         self.assertEqual((yield client.receivedAtLeast(1)), b"*")
         [session] = caret.factory.sessions

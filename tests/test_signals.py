@@ -13,8 +13,8 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import TestCase
 
 from caretproto.rules import GREETING, State, feed
-from tests.loopback import connect
-from tests.twistd import start
+from tests.rawclient import connect
+from tests.twistd import LOOPBACK, Twistd
 
 
 async def refused(port: int) -> bool:
@@ -51,7 +51,10 @@ class SignalTests(TestCase):
     timeout = 60
 
     async def test_sigterm_lets_a_reference_session_finish(self) -> None:
-        child, port = await start(self, "--shutdown-timeout", "5")
+        child = Twistd.start(
+            self, "caret", "--port", LOOPBACK, "--shutdown-timeout", "5"
+        )
+        port = await child.serving()
         client = await connect(port)
         await client.receivedAtLeast(len(GREETING))
         expected = GREETING + expectedReplies(*(data for data, _ in REFERENCE))
@@ -61,9 +64,9 @@ class SignalTests(TestCase):
             if signalled is None:
                 child.signal(signal.SIGTERM)
                 signalled = time.monotonic()
-                await child.whenLogged("sessions in progress: 1, given up to 5.0s")
-                await child.whenLogged(f"TCP Port {port} Closed")
-                self.assertTrue(await refused(port), "\n".join(child.lines))
+                await child.logged("sessions in progress: 1, given up to 5.0s")
+                await child.logged(f"TCP Port {port} Closed")
+                self.assertTrue(await refused(port), child.output)
             await task.deferLater(reactor, wait)
         await client.receivedAtLeast(len(expected))
         client.transport.loseConnection()  # type: ignore[union-attr]
@@ -73,7 +76,8 @@ class SignalTests(TestCase):
         self.assertEqual(child.count("sessions still in progress"), 0)
 
     async def test_sigint_without_sessions_exits_at_once(self) -> None:
-        child, _ = await start(self)
+        child = Twistd.start(self, "caret", "--port", LOOPBACK)
+        await child.serving()
         child.signal(signal.SIGINT)
         began = time.monotonic()
         self.assertEqual(await child.ended, -signal.SIGINT)
@@ -83,7 +87,10 @@ class SignalTests(TestCase):
     async def test_session_left_at_the_timeout_gets_its_replies_then_eof(
         self,
     ) -> None:
-        child, port = await start(self, "--shutdown-timeout", "1")
+        child = Twistd.start(
+            self, "caret", "--port", LOOPBACK, "--shutdown-timeout", "1"
+        )
+        port = await child.serving()
         client = await connect(port)
         client.transport.write(b"^abc")  # type: ignore[union-attr]
         await client.receivedAtLeast(len(GREETING + b"bcd"))

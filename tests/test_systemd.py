@@ -18,7 +18,7 @@ from twisted.web.client import Agent
 
 from caretproto.tap import endpointDescription
 from tests.test_metrics import get
-from tests.test_twistd import TWISTD, Twistd
+from tests.twistd import TWISTD, Twistd
 from tests.workedexample import WORKED_EXAMPLE_ANSWER, runWorkedExample
 
 
@@ -83,9 +83,9 @@ class SocketActivationTests(TestCase):
         answer = await runWorkedExample(
             TCP4ClientEndpoint(reactor, "127.0.0.1", caretPort)
         )
-        self.assertEqual(answer, WORKED_EXAMPLE_ANSWER, twistd.output.decode())
+        self.assertEqual(answer, WORKED_EXAMPLE_ANSWER, twistd.output)
         self.assertEqual(
-            await twistd.listening, [f"127.0.0.1:{caretPort}"], twistd.output.decode()
+            await twistd.listening, [f"127.0.0.1:{caretPort}"], twistd.output
         )
 
         response, body = await get(
@@ -101,9 +101,8 @@ class SocketActivationTests(TestCase):
         self.assertEqual(found["caret_messages_total"], 4)
         self.assertEqual(found["caret_bytes_sent_total"], len(WORKED_EXAMPLE_ANSWER))
 
-        twistd.transport.signalProcess(signal.SIGTERM)
-        ended = await twistd.ended
+        twistd.signal(signal.SIGTERM)
         # twistd shuts down cleanly, then ends by the signal that stopped it,
         # as systemd expects of a service it stops.
-        self.assertEqual(ended.signal, signal.SIGTERM)  # type: ignore[union-attr]
-        self.assertIn("Server Shut Down.", twistd.output.decode())
+        self.assertEqual(await twistd.ended, -signal.SIGTERM)
+        self.assertIn("Server Shut Down.", twistd.output)

@@ -21,7 +21,8 @@ from caretproto.endpoints import clientEndpoint
 from caretproto.server import CaretFactory
 from caretproto.tap import Options, makeService
 from tests.rawclient import RawClient
-from tests.test_twistd import Twistd
+from tests.tempfolder import shortTempPath, tempFolder
+from tests.twistd import Twistd
 from tests.workedexample import WORKED_EXAMPLE_ANSWER, runWorkedExample
 
 
@@ -39,14 +40,13 @@ class Certificates:
     """
 
     def __init__(self, testCase: TestCase) -> None:
-        folder = testCase.mktemp()
-        os.makedirs(folder)
+        folder = tempFolder(testCase)
         ca = trustme.CA()
         issued = ca.issue_cert("127.0.0.1", "localhost")
-        self.key = os.path.abspath(os.path.join(folder, "key.pem"))
-        self.cert = os.path.abspath(os.path.join(folder, "cert.pem"))
-        self.ca = os.path.abspath(os.path.join(folder, "ca.pem"))
-        self.otherCA = os.path.abspath(os.path.join(folder, "other-ca.pem"))
+        self.key = os.path.join(folder, "key.pem")
+        self.cert = os.path.join(folder, "cert.pem")
+        self.ca = os.path.join(folder, "ca.pem")
+        self.otherCA = os.path.join(folder, "other-ca.pem")
         issued.private_key_pem.write_to_path(self.key)
         issued.cert_chain_pems[0].write_to_path(self.cert)
         ca.cert_pem.write_to_path(self.ca)
@@ -157,7 +157,7 @@ class ClientEndpointTests(TestCase):
         self.assertIn("only used with TLS", str(error))
 
     def test_missing_ca_file_is_named(self) -> None:
-        missing = os.path.join(self.mktemp(), "ca.pem")
+        missing = shortTempPath(self, "ca.pem")
         error = self.assertRaises(
             ValueError, clientEndpoint, reactor, "127.0.0.1", 1, tls=True, ca=missing
         )
@@ -165,7 +165,7 @@ class ClientEndpointTests(TestCase):
         self.assertIn("No such file", str(error))
 
     def test_ca_file_that_is_not_pem_is_named(self) -> None:
-        path = self.mktemp()
+        path = shortTempPath(self, "ca.pem")
         with open(path, "w") as notPEM:
             notPEM.write("not a certificate\n")
         error = self.assertRaises(
@@ -197,7 +197,7 @@ class CaretClientTLSTests(TestCase):
         self.assertIn(b":conn1 disconnecting", out)
 
     async def test_an_unreadable_ca_is_a_usage_error(self) -> None:
-        missing = os.path.abspath(os.path.join(self.mktemp(), "ca.pem"))
+        missing = shortTempPath(self, "ca.pem")
         _, err, status = await getProcessOutputAndValue(
             CLIENT[0],
             [*CLIENT[1:], "--tls", "--ca", missing, "127.0.0.1", "9"],

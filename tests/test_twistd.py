@@ -7,120 +7,23 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from caretproto.session import REFERENCE_SCRIPT, runSessions
 from tests.rawclient import connect
+from tests.tempfolder import shortTempPath
+from tests.twistd import LOOPBACK, TWIST, WORKER_LISTENING, WORKER_SERVED, Twistd
+from tests.workedexample import WORKED_EXAMPLE, WORKED_EXAMPLE_ANSWER
 
 REPO = Path(__file__).resolve().parent.parent
-TWISTD = str(Path(sys.executable).parent / "twistd")
-TWIST = str(Path(sys.executable).parent / "twist")
-LISTENING = re.compile(rb"caret listening on (\S+):(\d+)")
-
-
-def shortTempPath(testCase: TestCase, name: str) -> str:
-    """
-    An absolute path in a fresh temporary folder, short enough for a UNIX
-    socket (trial's own temporary paths can pass the 108-byte limit).
-    """
-    folder = tempfile.mkdtemp(prefix="caret-")
-    testCase.addCleanup(shutil.rmtree, folder, ignore_errors=True)
-    return os.path.join(folder, name)
-
-
-class Twistd(ProcessProtocol):
-    """A twistd subprocess whose log is read as it comes."""
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.listening: Deferred[list[str]] = Deferred()
-        self.ended: Deferred[ProcessDone | ProcessTerminated] = Deferred()
-        self._addresses: list[str] = []
-        self._waiting: list[tuple[re.Pattern[bytes], int, Deferred[list[Any]]]] = []
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        found = [
-            f"{h.decode()}:{p.decode()}" for h, p in LISTENING.findall(self.output)
-        ]
-        if found and not self.listening.called:
-            self.listening.callback(found)
-        waiting, self._waiting = self._waiting, []
-        for pattern, count, waiter in waiting:
-            matches = pattern.findall(self.output)
-            if len(matches) >= count:
-                waiter.callback(matches)
-            else:
-                self._waiting.append((pattern, count, waiter))
-
-    errReceived = outReceived
-
-    def logged(self, pattern: bytes, count: int = 1) -> Deferred[list[Any]]:
-        """
-        Fires with every match of C{pattern} in the log (as
-        L{re.Pattern.findall} gives them) once there are C{count}.
-        """
-        waiter: Deferred[list[Any]] = Deferred()
-        self._waiting.append((re.compile(pattern), count, waiter))
-        self.outReceived(b"")
-        return waiter
-
-    def processEnded(self, reason: Failure) -> None:
-        if not self.listening.called:
-            self.listening.errback(AssertionError(self.output.decode()))
-        for _, _, waiter in self._waiting:
-            waiter.errback(AssertionError(self.output.decode()))
-        self.ended.callback(reason.value)
-
-    @classmethod
-    def start(
-        cls,
-        testCase: TestCase,
-        *argv: str,
-        runner: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        childFDs: dict[int, int | str] | None = None,
-    ) -> Twistd:
-        """
-        Start C{twistd -n} (or C{runner}) with C{argv}, in C{env} (default:
-        this process's environment), with C{childFDs} as for
-        C{spawnProcess} (default: standard input, output and error).
-        """
-        process = cls()
-        command = runner or [TWISTD, "-n", "--pidfile="]
-        transport = reactor.spawnProcess(  # type: ignore[attr-defined]
-            process,
-            command[0],
-            [*command, *argv],
-            env=dict(os.environ) if env is None else env,
-            path=str(REPO),
-            childFDs=childFDs,
-        )
-
-        def stop() -> Deferred[ProcessDone | ProcessTerminated]:
-            try:
-                transport.signalProcess("KILL")
-            except ProcessExitedAlready:
-                pass
-            return process.ended
-
-        testCase.addCleanup(stop)
-        process.transport = transport
-        return process
 
 
 class TwistdCaretTests(TestCase):
@@ -128,28 +31,23 @@ class TwistdCaretTests(TestCase):
 
     @inlineCallbacks
     def test_worked_example_against_twistd_caret_then_sigterm(self) -> Any:
-        twistd = Twistd.start(self, "caret", "--port", "tcp:0:interface=127.0.0.1")
+        twistd = Twistd.start(self, "caret", "--port", LOOPBACK)
         [address] = yield twistd.listening
         client = yield connect(f"tcp:{address}")
         yield client.receivedAtLeast(1)
         total = 1
-        for sent, answered in [
-            (b"^abc$de^abte$f", b"bcdbcuf"),
-            (b"xyz^123", b"234"),
-            (b"25$^ab$abab", b"36bc"),
-        ]:
+        for sent, answered in WORKED_EXAMPLE:
             client.transport.write(sent)
             total += len(answered)
             yield client.receivedAtLeast(total)
         client.transport.loseWriteConnection()
         received = yield client.done
-        self.assertEqual(received, b"*bcdbcuf23436bc")
+        self.assertEqual(received, WORKED_EXAMPLE_ANSWER)
 
-        twistd.transport.signalProcess(signal.SIGTERM)
-        ended = yield twistd.ended
+        twistd.signal(signal.SIGTERM)
         # twistd shuts down cleanly, then ends by the signal that stopped it.
-        self.assertEqual(ended.signal, signal.SIGTERM)
-        log = twistd.output.decode()
+        self.assertEqual((yield twistd.ended), -signal.SIGTERM)
+        log = twistd.output
         self.assertIn("Server Shut Down.", log)
         self.assertRegex(log, r"127\.0\.0\.1:\d+ connected")
         self.assertRegex(
@@ -165,7 +63,7 @@ class TwistdCaretTests(TestCase):
             self,
             "caret",
             "--port",
-            "tcp:0:interface=127.0.0.1",
+            LOOPBACK,
             "--port",
             f"unix:{socket}",
         )
@@ -181,7 +79,7 @@ class TwistdCaretTests(TestCase):
             self,
             "caret",
             "--port",
-            "tcp:0:interface=127.0.0.1",
+            LOOPBACK,
             runner=[TWIST, "--log-format", "text"],
         )
         [address] = yield twistd.listening
@@ -194,21 +92,12 @@ class TwistdCaretTests(TestCase):
     def test_a_bad_option_is_a_usage_error_not_a_traceback(self) -> Any:
         twistd = Twistd.start(self, "caret", "--port", "tcp:notaport")
         yield self.assertFailure(twistd.listening, AssertionError)
-        ended = yield twistd.ended
-        self.assertNotEqual(ended.exitCode, 0)
-        log = twistd.output.decode()
+        self.assertNotEqual((yield twistd.ended), 0)
+        log = twistd.output
         self.assertIn("--port 'tcp:notaport'", log)
         self.assertNotIn("Traceback", log)
 
 
-WORKER_LISTENING = (
-    rb"\[worker (\d+) pid (\d+) caretproto\.service\.CaretService#info\] "
-    rb"caret listening on"
-)
-WORKER_SERVED = (
-    rb"\[worker \d+ pid (\d+) caretproto\.server\.CaretProtocol#info\] "
-    rb"127\.0\.0\.1:\d+ connected"
-)
 QUICK_SCRIPT = [(data, 0.05) for data, _ in REFERENCE_SCRIPT]
 
 
@@ -233,11 +122,9 @@ class WorkersTests(TestCase):
     def test_workers_serve_together_are_replaced_and_drain_on_sigterm(
         self,
     ) -> Any:
-        twistd = Twistd.start(
-            self, "caret", "--workers", "2", "--port", "tcp:0:interface=127.0.0.1"
-        )
+        twistd = Twistd.start(self, "caret", "--workers", "2", "--port", LOOPBACK)
         address = (yield twistd.listening)[0]
-        pids = {pid for _, pid in (yield twistd.logged(WORKER_LISTENING, 2))}
+        pids = {match[2] for match in (yield twistd.logged(WORKER_LISTENING, 2))}
         self.assertEqual(len(pids), 2)
 
         # Which worker accepts is up to the kernel: enough sessions and both
@@ -252,11 +139,10 @@ class WorkersTests(TestCase):
         victim = min(pids)
         os.kill(int(victim), signal.SIGKILL)
         yield twistd.logged(
-            rb"worker \d \(pid %s\) died after [\d.]+s: SIGKILL; starting another"
-            % victim
+            rf"worker \d \(pid {victim}\) died after [\d.]+s: SIGKILL; starting another"
         )
         listening = yield twistd.logged(WORKER_LISTENING, 3)
-        [replacement] = {pid for _, pid in listening} - pids
+        [replacement] = {match[2] for match in listening} - pids
         self.assertNotEqual(replacement, victim)
         yield self.sessions(address, 20)
 
@@ -265,15 +151,14 @@ class WorkersTests(TestCase):
         client = yield connect(f"tcp:{address}")
         client.transport.write(b"^abc")
         yield client.receivedAtLeast(4)
-        twistd.transport.signalProcess(signal.SIGTERM)
-        yield twistd.logged(rb"sessions in progress: 1, given up to 10.0s to end")
+        twistd.signal(signal.SIGTERM)
+        yield twistd.logged(r"sessions in progress: 1, given up to 10.0s to end")
         client.transport.write(b"de$^f")
         yield client.receivedAtLeast(7)
         client.transport.loseWriteConnection()
         self.assertEqual((yield client.done), b"*bcdefg")
-        ended = yield twistd.ended
-        self.assertEqual(ended.signal, signal.SIGTERM)
-        log = twistd.output.decode()
+        self.assertEqual((yield twistd.ended), -signal.SIGTERM)
+        log = twistd.output
         self.assertRegex(log, r"worker 1 \(pid \d+\) ended: SIGTERM")
         self.assertRegex(log, r"worker 2 \(pid \d+\) ended: SIGTERM")
         self.assertIn("Server Shut Down.", log)
@@ -283,9 +168,8 @@ class WorkersTests(TestCase):
     def test_workers_on_a_port_they_cannot_share_is_a_usage_error(self) -> Any:
         twistd = Twistd.start(self, "caret", "--workers", "2", "--port", "stdio:")
         yield self.assertFailure(twistd.listening, AssertionError)
-        ended = yield twistd.ended
-        self.assertNotEqual(ended.exitCode, 0)
-        log = twistd.output.decode()
+        self.assertNotEqual((yield twistd.ended), 0)
+        log = twistd.output
         self.assertIn("--port 'stdio:' cannot be shared by --workers", log)
         self.assertNotIn("Traceback", log)
 

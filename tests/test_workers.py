@@ -46,7 +46,7 @@ from caretproto.workers import (
     workerCommand,
 )
 from tests.rawclient import RawClient, connect
-from tests.test_twistd import shortTempPath
+from tests.tempfolder import shortTempPath
 
 SERVER_PEM = Path(twisted.test.__file__).parent / "server.pem"
 
@@ -391,7 +391,7 @@ class InheritedEndpointTests(TestCase):
     def test_a_worker_serves_on_the_tcp_socket_its_parent_bound(self) -> Any:
         parent = self.parentTCP()
         yield self.listen("tcp:1:interface=127.0.0.1", parent)
-        client = yield connect(f"tcp:127.0.0.1:{parent.port.getHost().port}")
+        client = yield connect(parent.port)
         client.transport.write(b"^abc$")
         client.transport.loseWriteConnection()
         self.assertEqual((yield client.done), b"*bcd")
@@ -405,7 +405,7 @@ class InheritedEndpointTests(TestCase):
         # still serves on it.
         parent.fd = os.dup(parent.port.fileno())
         yield self.listen("tcp:1", parent)
-        client = yield connect(f"tcp:127.0.0.1:{parent.port.getHost().port}")
+        client = yield connect(parent.port)
         self.assertEqual((yield client.receivedAtLeast(1)), b"*")
         client.transport.loseConnection()
 
@@ -415,7 +415,7 @@ class InheritedEndpointTests(TestCase):
     ) -> Any:
         parent = self.parentTCP()
         yield self.listen("systemd:domain=INET:index=0", parent)
-        client = yield connect(f"tcp:127.0.0.1:{parent.port.getHost().port}")
+        client = yield connect(parent.port)
         self.assertEqual((yield client.receivedAtLeast(1)), b"*")
         client.transport.loseConnection()
 
@@ -425,7 +425,7 @@ class InheritedEndpointTests(TestCase):
     ) -> Any:
         parent = self.parentTCP()
         yield self.listen("haproxy:tcp:1", parent)
-        client = yield connect(f"tcp:127.0.0.1:{parent.port.getHost().port}")
+        client = yield connect(parent.port)
         client.transport.write(b"PROXY TCP4 203.0.113.7 10.0.0.9 4242 9090\r\n^a$")
         client.transport.loseWriteConnection()
         self.assertEqual((yield client.done), b"*b")

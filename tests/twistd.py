@@ -1,155 +1,212 @@
 """
-C{twistd -n caret} as a child process, for the tests whose subject is the
-process: signals, descriptor limits.  It listens on an ephemeral loopback
-port, which it reads back from the log; its log lines are kept in order.
+A program run as a child process, for the tests whose subject is the
+process: C{twistd -n caret} (or C{twist}, or another server such as HAProxy)
+started with a command line, an environment and descriptors, and the lines
+it logs read as they come, so that a test can wait for them.
+
+Not for testing the service itself: those tests run it in this process, on
+L{tests.rawclient.serve} or L{caretproto.tap.makeService}.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import signal
 import sys
+from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from caretproto.rules import GREETING
-from tests.loopback import connect
+from tests.rawclient import connect
+from tests.tempfolder import tempFolder
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+TWISTD = str(Path(sys.executable).parent / "twistd")
+TWIST = str(Path(sys.executable).parent / "twist")
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+"""C{--port} for an ephemeral port on loopback."""
 
-# Sets the open-files limit of the child, then becomes twistd.
+LISTENING = re.compile(r"caret listening on (\S+):(\d+)")
+WORKER_LISTENING = (
+    r"\[worker (\d+) pid (\d+) caretproto\.service\.CaretService#info\] "
+    r"caret listening on"
+)
+"""A worker of C{--workers} listening: its number and pid."""
+WORKER_SERVED = (
+    r"\[worker \d+ pid (\d+) caretproto\.server\.CaretProtocol#info\] "
+    r"127\.0\.0\.1:\d+ connected"
+)
+"""A worker of C{--workers} accepting a session: its pid."""
+
+# Sets the open-files limit of the child, then becomes the program.
 _LAUNCH = """\
 import os, resource, sys
-soft, hard = int(sys.argv[1]), int(sys.argv[2])
-if hard:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
 os.execv(sys.argv[3], sys.argv[3:])
 """
-
-_LISTENING = re.compile(r"caret listening on 127\.0\.0\.1:(\d+)")
 
 
 class Twistd(ProcessProtocol):
     """
-    A running C{twistd -n caret}.
+    A running child process whose standard output and error are its log.
 
-    @ivar lines: its log, line by line, as far as it has come.
+    @ivar output: its log, in whole lines, as far as it has come.
+    @ivar listening: fires with every address (C{"host:port"}) that the log
+        says caret listens on, as soon as it says so; fails if the process
+        ends first.
     @ivar ended: fires with the exit status as L{subprocess} gives it: the
         exit code, or minus the number of the signal that ended it.  twistd
         stopped by a signal ends by that signal, as Unix programs do.
     """
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self.output = ""
+        self.listening: Deferred[list[str]] = Deferred()
         self.ended: Deferred[int] = Deferred()
-        self._partial = b""
-        self._waiting: list[tuple[re.Pattern[str], Deferred[re.Match[str]]]] = []
-        self.pid = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._partial = ""
+        self._waiting: list[
+            tuple[re.Pattern[str], int, Deferred[list[re.Match[str]]]]
+        ] = []
 
     def outReceived(self, data: bytes) -> None:
-        *complete, self._partial = (self._partial + data).split(b"\n")
-        for raw in complete:
-            line = raw.decode("utf-8", "replace")
-            self.lines.append(line)
-            waiting, self._waiting = self._waiting, []
-            for pattern, waiter in waiting:
-                match = pattern.search(line)
-                if match:
-                    waiter.callback(match)
-                else:
-                    self._waiting.append((pattern, waiter))
+        # Only whole lines are matched: a pattern ending in (\d+) could match
+        # the first digits of a line still on its way.
+        complete, newline, self._partial = (
+            self._partial + self._decoder.decode(data)
+        ).rpartition("\n")
+        if newline:
+            self._logged(complete + newline)
 
     errReceived = outReceived
 
-    def whenLogged(self, pattern: str) -> Deferred[re.Match[str]]:
-        """Fires with the match of the first log line, past or future, that
-        matches C{pattern}."""
+    def _logged(self, text: str) -> None:
+        self.output += text
+        if not self.listening.called:
+            found = [f"{host}:{port}" for host, port in LISTENING.findall(self.output)]
+            if found:
+                self.listening.callback(found)
+        waiting, self._waiting = self._waiting, []
+        for pattern, count, waiter in waiting:
+            matches = self._matches(pattern)
+            if len(matches) >= count:
+                waiter.callback(matches)
+            else:
+                self._waiting.append((pattern, count, waiter))
+
+    def _matches(self, pattern: re.Pattern[str]) -> list[re.Match[str]]:
+        return [
+            match
+            for match in map(pattern.search, self.output.splitlines())
+            if match is not None
+        ]
+
+    def logged(self, pattern: str, count: int = 1) -> Deferred[list[re.Match[str]]]:
+        """
+        Fires once C{count} log lines, past or future, match C{pattern}, with
+        the match in each line that does so far; fails if the process ends
+        first.
+        """
         compiled = re.compile(pattern)
-        waiter: Deferred[re.Match[str]] = Deferred()
-        for line in self.lines:
-            match = compiled.search(line)
-            if match:
-                waiter.callback(match)
-                return waiter
-        self._waiting.append((compiled, waiter))
+        matches = self._matches(compiled)
+        if len(matches) >= count:
+            return succeed(matches)
+        waiter: Deferred[list[re.Match[str]]] = Deferred()
+        self._waiting.append((compiled, count, waiter))
         return waiter
 
     def count(self, pattern: str) -> int:
         """How many log lines so far match C{pattern}."""
-        compiled = re.compile(pattern)
-        return sum(1 for line in self.lines if compiled.search(line))
+        return len(self._matches(re.compile(pattern)))
 
     def signal(self, number: int) -> None:
-        os.kill(self.pid, number)
+        assert self.transport is not None
+        self.transport.signalProcess(number)
+
+    async def serving(self) -> int:
+        """
+        Wait until caret serves on 127.0.0.1, and return the port: twistd
+        listens before its reactor runs and installs its handlers for
+        SIGTERM and SIGINT, and a greeting shows that it runs.
+        """
+        [first, *_] = await self.logged(r"caret listening on 127\.0\.0\.1:(\d+)")
+        port = int(first.group(1))
+        probe = await connect(port)
+        await probe.receivedAtLeast(len(GREETING))
+        probe.transport.loseConnection()  # type: ignore[union-attr]
+        await probe.done
+        return port
 
     def processEnded(self, reason: Failure) -> None:
+        rest = self._partial + self._decoder.decode(b"", final=True)
+        if rest:
+            self._logged(rest)
+        if not self.listening.called:
+            self.listening.errback(AssertionError(self.output))
         waiting, self._waiting = self._waiting, []
-        for pattern, waiter in waiting:
+        for pattern, _, waiter in waiting:
             waiter.errback(
                 AssertionError(
-                    f"twistd ended without logging {pattern.pattern!r}:\n"
-                    + "\n".join(self.lines)
+                    f"ended without logging {pattern.pattern!r}:\n{self.output}"
                 )
             )
-        if reason.check(ProcessDone, ProcessTerminated):
-            code = reason.value.exitCode
-            self.ended.callback(-reason.value.signal if code is None else code)
+        ended = reason.value
+        if isinstance(ended, (ProcessDone, ProcessTerminated)):
+            status = ended.exitCode
+            if status is None:
+                assert ended.signal is not None
+                status = -ended.signal
+            self.ended.callback(status)
         else:
             self.ended.errback(reason)
 
+    @classmethod
+    def start(
+        cls,
+        testCase: TestCase,
+        *argv: str,
+        runner: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        childFDs: dict[int, int | str] | None = None,
+        openFiles: tuple[int, int] | None = None,
+    ) -> Twistd:
+        """
+        Start C{twistd -n} (or C{runner}) with C{argv}, in C{env} (default:
+        this process's environment), with C{childFDs} as for
+        C{spawnProcess} (default: standard input, output and error), and the
+        open-files limit C{openFiles} (soft, hard) if given.  It runs in a
+        temporary folder, so that nothing it writes lands in the repository,
+        and is killed when C{testCase} ends, if still running.
+        """
+        process = cls()
+        command = [*(runner or [TWISTD, "-n", "--pidfile="]), *argv]
+        if openFiles is not None:
+            soft, hard = openFiles
+            command = [sys.executable, "-c", _LAUNCH, str(soft), str(hard), *command]
+        reactor.spawnProcess(
+            process,
+            command[0],
+            command,
+            env=dict(os.environ) if env is None else env,
+            path=tempFolder(testCase),
+            childFDs=childFDs,
+        )
 
-async def start(
-    case: TestCase, *options: str, openFiles: tuple[int, int] | None = None
-) -> tuple[Twistd, int]:
-    """
-    Start C{twistd -n caret} with C{options} on an ephemeral loopback port,
-    with the open-files limit C{openFiles} (soft, hard) if given, and wait
-    until it listens.  It is killed when C{case} ends, if still running.
+        def stop() -> Deferred[int] | None:
+            if process.ended.called:
+                return None
+            try:
+                process.signal(signal.SIGKILL)
+            except ProcessExitedAlready:
+                pass
+            return process.ended
 
-    @return: the process and the port it listens on.
-    """
-    child = Twistd()
-    soft, hard = openFiles or (0, 0)
-    argv = [
-        sys.executable,
-        "-c",
-        _LAUNCH,
-        str(soft),
-        str(hard),
-        TWISTD,
-        "-n",
-        "--pidfile=",
-        "--logfile=-",
-        "caret",
-        "--port",
-        "tcp:0:interface=127.0.0.1",
-        *options,
-    ]
-    directory = case.mktemp()
-    os.makedirs(directory)
-    transport = reactor.spawnProcess(  # type: ignore[attr-defined]
-        child, sys.executable, argv, env=os.environ.copy(), path=directory
-    )
-    child.pid = transport.pid
-
-    def killIfRunning() -> Deferred[int] | None:
-        if child.ended.called:
-            return None
-        child.signal(signal.SIGKILL)
-        return child.ended
-
-    case.addCleanup(killIfRunning)
-    port = int((await child.whenLogged(_LISTENING.pattern)).group(1))
-    # twistd listens before its reactor runs and installs the handlers for
-    # SIGTERM and SIGINT; a greeting shows that it runs.
-    probe = await connect(port)
-    await probe.receivedAtLeast(len(GREETING))
-    probe.transport.loseConnection()  # type: ignore[union-attr]
-    await probe.done
-    return child, port
+        testCase.addCleanup(stop)
+        return process
