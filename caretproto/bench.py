@@ -52,7 +52,9 @@ BODY_PATTERN = bytes(b for b in range(256) if b != MSG_END[0])
 BULK_WRITE = BODY_PATTERN * 257
 """One write of the endless bulk message: 65,535 bytes, whole periods."""
 
-SESSION_SCRIPT = (
+Script = tuple[tuple[bytes, float], ...]
+
+SESSION_SCRIPT: Script = (
     (b"^abc$de^abte$f", 1.0),
     (b"xyz^123", 1.0),
     (b"25$^ab0000$abab", 0.2),
@@ -345,8 +347,9 @@ class _Stream(_Connection):
 class _Session(_Connection):
     """The reference client session of PROTOCOL.md, timed."""
 
-    def setUp(self, reactor: IReactorTime, expected: bytes) -> None:
+    def setUp(self, reactor: IReactorTime, script: Script, expected: bytes) -> None:
         self.reactor = reactor
+        self.script = script
         self.expected = expected
         self.received = b""
         self.step = 0
@@ -356,14 +359,14 @@ class _Session(_Connection):
         self.sendStep()
 
     def sendStep(self) -> None:
-        sending, wait = SESSION_SCRIPT[self.step]
+        sending, wait = self.script[self.step]
         self.step += 1
         self.transport.write(sending)
         self.waiting = self.reactor.callLater(wait, self.waited)
 
     def waited(self) -> None:
         self.waiting = None
-        if self.step < len(SESSION_SCRIPT):
+        if self.step < len(self.script):
             self.sendStep()
         elif self.received == self.expected:
             self.finish()
@@ -374,7 +377,7 @@ class _Session(_Connection):
             self.fail(f"expected the replies {self.expected!r}, got {received!r}")
             return
         self.received = received
-        if received == self.expected and self.step == len(SESSION_SCRIPT):
+        if received == self.expected and self.step == len(self.script):
             if self.waiting is None:
                 self.finish()
 
@@ -413,6 +416,8 @@ to the server's address, or its TLS equivalent."""
 class Load:
     """
     One process's share of a run: C{connections} connections of C{mode}.
+    C{script} is the session that C{sessions} runs (the reference session,
+    unless a test wants it shorter).
 
     Call L{connect}, then L{start} once it has fired; L{start} fires with the
     L{Tally} when every connection is closed.
@@ -432,6 +437,7 @@ class Load:
         connections: int,
         size: int = 16,
         duration: float = 10.0,
+        script: Script = SESSION_SCRIPT,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}: {mode!r}")
@@ -460,7 +466,8 @@ class Load:
         self._reply = feed(State.WAIT_FOR_MSG, self._message).reply
         periods = 2 * len(BULK_WRITE) // len(BODY_PATTERN) + 2
         self._bulkReplies = reply_to(BODY_PATTERN * periods)
-        self._sessionReplies = expected_replies([step for step, _ in SESSION_SCRIPT])
+        self._script = script
+        self._sessionReplies = expected_replies([step for step, _ in script])
 
     def progress(self) -> dict[str, Any]:
         """What the load has done so far, for a live display."""
@@ -522,7 +529,7 @@ class Load:
             connection.setUp(self._bulkReplies)
         else:
             connection = _Session()
-            connection.setUp(self.reactor, self._sessionReplies)
+            connection.setUp(self.reactor, self._script, self._sessionReplies)
         connection.load = self
         return connection
 
