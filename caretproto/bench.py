@@ -438,6 +438,7 @@ class Load:
         size: int = 16,
         duration: float = 10.0,
         script: Script = SESSION_SCRIPT,
+        greetingTimeout: float = 10.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}: {mode!r}")
@@ -447,6 +448,7 @@ class Load:
         self.connections = connections
         self.size = size
         self.duration = duration
+        self.greetingTimeout = greetingTimeout
         self.factory = _LoadFactory(self)
         self.latencies: list[float] = []
         self.measuring = False
@@ -459,6 +461,8 @@ class Load:
         self._ending = False
         self._connectStarted = 0.0
         self._connected: Deferred[None] | None = None
+        self._connectors: list[Any] = []
+        self._waitingForGreetings: IDelayedCall | None = None
         self._done: Deferred[Tally] = Deferred()
         self._windowEnd: float | None = None
         self._givingUp: IDelayedCall | None = None
@@ -491,7 +495,9 @@ class Load:
     def connect(self) -> Deferred[None]:
         """
         Open and greet the connections, C{CONNECTING_AT_ONCE} at a time.
-        Fires when every attempt has been greeted or has failed.  For
+        Fires when every attempt has been greeted or has failed; attempts not
+        greeted within C{greetingTimeout} seconds fail (a sequential or
+        thread-pool server greets only as many as it serves at once).  For
         sessions, whose first contact is part of what is timed, connecting
         waits for L{start} and this fires at once.
         """
@@ -499,13 +505,36 @@ class Load:
             return succeed(None)
         self._connectStarted = time.perf_counter()
         self._connected = Deferred()
+        self._waitingForGreetings = self.reactor.callLater(
+            self.greetingTimeout, self._stopWaitingForGreetings
+        )
         for _ in range(min(CONNECTING_AT_ONCE, self.connections)):
             self._attempt()
         return self._connected
 
     def _attempt(self) -> None:
         self._attempts += 1
-        self._connect(self.factory)
+        connector = self._connect(self.factory)
+        if self._connected is not None:
+            self._connectors.append(connector)
+
+    def _stopWaitingForGreetings(self) -> None:
+        self._waitingForGreetings = None
+        reason = f"no greeting within {self.greetingTimeout:g}s"
+        neverTried = self.connections - self._attempts
+        if neverTried:
+            self._attempts = self.connections
+            self._settled += neverTried
+            for _ in range(neverTried):
+                self.error(f"{reason} (not tried)")
+        for connector in self._connectors:
+            if connector.state == "connecting":
+                connector.stopConnecting()
+        for connection in list(self.open):
+            if not connection.isReady:
+                connection.fail(reason)
+        if self._settled == self.connections:
+            self._allSettled()
 
     def _settle(self) -> None:
         """A connection attempt is over: greeted, failed, or (sessions) done."""
@@ -515,9 +544,18 @@ class Load:
         elif self._attempts < self.connections:
             self._attempt()
         elif self._settled == self.connections:
-            self.tally.connect_s = time.perf_counter() - self._connectStarted
-            connected, self._connected = self._connected, None
-            connected.callback(None)
+            self._allSettled()
+
+    def _allSettled(self) -> None:
+        if self._connected is None:
+            return
+        if self._waitingForGreetings is not None:
+            self._waitingForGreetings.cancel()
+            self._waitingForGreetings = None
+        self._connectors = []
+        self.tally.connect_s = time.perf_counter() - self._connectStarted
+        connected, self._connected = self._connected, None
+        connected.callback(None)
 
     def newConnection(self) -> _Connection:
         connection: _Connection

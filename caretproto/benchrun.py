@@ -47,6 +47,7 @@ class Params:
     processes: int = 1
     tls: bool = False
     ca: str | None = None
+    greeting_timeout: float = 10.0
 
     def shares(self) -> list[Params]:
         """The same run cut into one share per process (none left empty)."""
@@ -135,6 +136,14 @@ def parser() -> argparse.ArgumentParser:
         help="Client processes to spread the connections over (default 1).",
     )
     parse.add_argument(
+        "--greeting-timeout",
+        type=_positive("greeting-timeout", "10", float),
+        default=10.0,
+        metavar="SECONDS",
+        help="rr, bulk, hold: seconds to wait for every connection's greeting; "
+        "the rest are errors and the run goes on with those greeted (default 10).",
+    )
+    parse.add_argument(
         "--json", action="store_true", help="Print the report as one JSON object."
     )
     parse.add_argument(
@@ -177,6 +186,7 @@ def parse_params(args: Sequence[str]) -> tuple[Params, bool]:
         processes=options.processes,
         tls=options.tls,
         ca=options.ca,
+        greeting_timeout=options.greeting_timeout,
     )
     return params, options.json
 
@@ -298,6 +308,7 @@ class LocalShare(Share):
             params.connections,
             params.size,
             params.duration,
+            greetingTimeout=params.greeting_timeout,
         )
 
     def ready(self) -> Deferred[None]:

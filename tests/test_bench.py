@@ -57,6 +57,14 @@ class DropsBytes(CaretProtocol):
         super().dataReceived(data[: max(1, len(data) // 2)])
 
 
+class GreetsOnlyTwo(CaretProtocol):
+    """A server that serves two clients at once and keeps the rest waiting."""
+
+    def connectionMade(self) -> None:
+        if len(self.factory.sessions) < 2:
+            super().connectionMade()
+
+
 class ServerMixin:
     """Serves a factory on 127.0.0.1, port 0, for one test."""
 
@@ -109,6 +117,16 @@ class RoundTripTests(ServerMixin, TestCase):
         params = self.serve()
         tally = await bench(params, mode="hold", connections=50, duration=0.1)
         self.assertEqual((tally.held, tally.rounds, tally.errors), (50, 50, 0))
+
+    async def test_connections_never_greeted_are_errors_and_the_rest_run(
+        self,
+    ) -> None:
+        params = self.serve(GreetsOnlyTwo)
+        tally = await bench(
+            params, mode="hold", connections=5, duration=0.1, greeting_timeout=0.2
+        )
+        self.assertEqual((tally.held, tally.rounds, tally.errors), (2, 2, 3))
+        self.assertIn("no greeting within 0.2s", tally.error_samples[0])
 
     async def test_unreachable_server_is_an_error_per_connection(self) -> None:
         params = self.serve()
