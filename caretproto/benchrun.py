@@ -334,14 +334,18 @@ class WorkerShare(Share, ProcessProtocol):
         self._done: Deferred[Tally] = Deferred()
         self._progress: dict[str, Any] = {}
         self._buffer = b""
+        # The worker must import this very caretproto: "python -m" would put
+        # the working directory first on sys.path, and with it any other
+        # checkout of the project that happens to be there.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        start = (
+            f"import sys; sys.path[0] = {root!r}; "
+            "from caretproto.benchrun import main; main()"
+        )
         reactor.spawnProcess(
             self,
             sys.executable,
-            [
-                sys.executable,
-                *("-m", "caretproto.benchrun", "--worker"),
-                json.dumps(asdict(params)),
-            ],
+            [sys.executable, "-c", start, "--worker", json.dumps(asdict(params))],
             env=os.environ,
         )
 
@@ -411,6 +415,14 @@ async def worker(reactor: Any, params: Params) -> None:
 
     control = _WorkerControl()
     StandardIO(control, reactor=reactor)
+    finished = False
+
+    def orphaned(_: None) -> None:
+        # The runner is gone (interrupted, killed): no one wants the tally.
+        if not finished:
+            reactor.stop()
+
+    control.closed.addCallback(orphaned)
     share = LocalShare(reactor, params)
     await share.ready()
     control.tell(ready=True)
@@ -420,6 +432,7 @@ async def worker(reactor: Any, params: Params) -> None:
     reporting.start(PROGRESS_INTERVAL, now=False)
     tally = await share.start()
     reporting.stop()
+    finished = True
     control.tell(tally=tally.toJSON())
     assert control.transport is not None
     control.transport.loseConnection()
