@@ -101,15 +101,24 @@ def parser() -> argparse.ArgumentParser:
             "sessions: the reference session of PROTOCOL.md on every connection "
             "at once.  Any wrong byte is an error and makes the exit status 1."
         ),
+        epilog=(
+            "The report: rounds (sessions, for sessions) and rounds_per_s; "
+            "mb_per_s, reply bytes checked per second in millions; p50_ms and "
+            "p99_ms of round (session) times; errors; elapsed_s, the "
+            "measured window."
+        ),
     )
     parse.add_argument("host", metavar="HOST", help="The server's name or address.")
     parse.add_argument("port", metavar="PORT", type=_port, help="Its TCP port.")
-    parse.add_argument("-m", "--mode", choices=MODES, default="rr")
+    parse.add_argument(
+        "-m", "--mode", choices=MODES, default="rr", help="What to run (default rr)."
+    )
     parse.add_argument(
         "-c",
         "--connections",
         type=_positive("connections", "100"),
         default=1,
+        metavar="N",
         help="Connections, spread over the processes (default 1).",
     )
     parse.add_argument(
@@ -117,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
         "--size",
         type=_positive("size", "16"),
         default=16,
+        metavar="BYTES",
         help="Bytes of each rr/hold message on the wire, ^ and $ included, at "
         "least 3 (default 16).",
     )
@@ -125,6 +135,7 @@ def parser() -> argparse.ArgumentParser:
         "--duration",
         type=_positive("duration", "10", float),
         default=10.0,
+        metavar="SECONDS",
         help="Seconds to measure (rr, bulk) or to hold (hold); sessions ignore "
         "it (default 10).",
     )
@@ -133,6 +144,7 @@ def parser() -> argparse.ArgumentParser:
         "--processes",
         type=_positive("processes", "2"),
         default=1,
+        metavar="N",
         help="Client processes to spread the connections over (default 1).",
     )
     parse.add_argument(
@@ -217,7 +229,9 @@ def connector(reactor: Any, params: Params) -> Connect:
 
 def report(params: Params, tally: Tally) -> dict[str, Any]:
     """The run's figures, as C{--json} prints them."""
-    elapsed = tally.elapsed or float("nan")
+    # A run that never measured (nothing connected) has no rate: 0, which
+    # JSON can carry, rather than NaN, which it cannot.
+    elapsed = tally.elapsed or float("inf")
     return {
         "mode": params.mode,
         "host": params.host,
