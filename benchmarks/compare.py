@@ -459,9 +459,11 @@ def render(results: dict[str, Any]) -> str:
     out.append(
         "``caret-bench HOST PORT -m hold -c C -d 2 -P 2 --greeting-timeout 5``: "
         "open C connections, hold them idle 2 s, then one round on each.  "
-        "*Held* counts the connections greeted; memory is the server's "
-        "resident set at its peak less before, per connection held (one run "
-        "each).\n"
+        "*Held* counts the connections greeted (a sequential server greets "
+        "one, the pool 64; the rest wait 5 s and give up); *answered*, the "
+        "rounds answered within 10 s; memory is the server's resident set at "
+        "its peak less before, per connection held, on a freshly started "
+        "server (one run each).\n"
     )
     rows = []
     for c, byModel in results["hold"].items():
@@ -483,7 +485,7 @@ def render(results: dict[str, Any]) -> str:
             )
     out.append(
         table(
-            ["asked", "model", "held", "rounds", "KiB / connection", "peak RSS MiB"],
+            ["asked", "model", "held", "answered", "KiB / connection", "peak RSS MiB"],
             rows,
         )
     )
