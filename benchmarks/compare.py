@@ -250,6 +250,13 @@ def machine() -> dict[str, str]:
         "twisted": twisted.__version__,
         "uvloop": uvloop.__version__,
         "load": "load average at start {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()),
+        "commit": subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip(),
     }
 
 
@@ -377,6 +384,7 @@ def render(results: dict[str, Any]) -> str:
     out.append(
         f"Measured {m['date']} on {m['cpu']}, {m['memory']}, {m['system']}; "
         f"Python {m['python']}, Twisted {m['twisted']}, uvloop {m['uvloop']}; "
+        f"caretproto at commit {m.get('commit') or 'unknown'}; "
         f"{m['load']}.  Command: ``python benchmarks/compare.py "
         f"--duration {o['duration']} --repeat {o['repeat']}"
         f"{' --quick' if o['quick'] else ''}``; figures for bulk and rr are "
