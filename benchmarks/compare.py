@@ -46,6 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ROOT / "benchmarks" / "servers"
 BIN = Path(sys.executable).parent
 
+LISTENING = re.compile(r"caret listening on .*?(\d+)\)?\s*$", re.MULTILINE)
+"""twistd caret's log line naming its port, whichever way it spells it."""
+
 CAPACITY = {"sequential": 1, "thread pool (64)": 64}
 """Connections a model serves at once, where that is fewer than asked."""
 
@@ -137,7 +140,7 @@ def _startTwistd(command: list[str], logDir: Path) -> Server:
     server.process = subprocess.Popen(command, cwd=ROOT)
     for _ in range(300):
         if logFile.exists():
-            found = re.search(r"caret listening on .*port=(\d+)", logFile.read_text())
+            found = LISTENING.search(logFile.read_text())
             if found:
                 server.port = int(found.group(1))
                 server.ps = psutil.Process(server.process.pid)
@@ -145,6 +148,7 @@ def _startTwistd(command: list[str], logDir: Path) -> Server:
         if server.process.poll() is not None:
             break
         time.sleep(0.1)
+    server.process.terminate()
     raise RuntimeError(f"twistd caret did not start; see {logFile}")
 
 

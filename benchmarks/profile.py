@@ -26,6 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
+LISTENING = re.compile(r"caret listening on .*?(\d+)\)?\s*$", re.MULTILINE)
+"""twistd caret's log line naming its port, whichever way it spells it."""
+
 LOADS = {
     "rr, 100 connections, 16-byte messages": ["-c", "100", "-P", "2"],
     "bulk, 1 connection": ["-m", "bulk"],
@@ -147,7 +150,7 @@ def main() -> None:
     )
     try:
         for _ in range(100):
-            found = re.search(r"caret listening on .*port=(\d+)", log.read_text())
+            found = LISTENING.search(log.read_text())
             if found:
                 break
             time.sleep(0.1)
