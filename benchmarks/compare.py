@@ -67,7 +67,11 @@ class Server:
 
     def __init__(self, name: str, command: list[str], logDir: Path) -> None:
         self.name = name
-        self.log = logDir / (re.sub(r"\W+", "-", name) + ".log")
+        self.log = Path(
+            tempfile.mkstemp(
+                prefix=re.sub(r"\W+", "-", name), suffix=".log", dir=logDir
+            )[1]
+        )
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,
@@ -108,6 +112,11 @@ class Server:
 
 
 def startServer(name: str, logDir: Path) -> Server:
+    # A log of its own per start: a restarted server's "listening" line must
+    # not be confused with an earlier one's.
+    twistdLog = Path(
+        tempfile.mkstemp(prefix="caretproto-", suffix=".log", dir=logDir)[1]
+    )
     python = [sys.executable, "-u"]
     commands = {
         "sequential": [*python, str(SERVERS / "sequential.py"), "0"],
@@ -120,20 +129,19 @@ def startServer(name: str, logDir: Path) -> Server:
             "-n",
             "--pidfile=",
             "--logfile",
-            str(logDir / "caretproto-twistd.log"),
+            str(twistdLog),
             "caret",
             "--port",
             "tcp:0:interface=127.0.0.1",
         ],
     }
     if name == "caretproto":
-        return _startTwistd(commands[name], logDir)
+        return _startTwistd(commands[name], twistdLog)
     return Server(name, commands[name], logDir)
 
 
-def _startTwistd(command: list[str], logDir: Path) -> Server:
+def _startTwistd(command: list[str], logFile: Path) -> Server:
     """twistd logs to a file: wait for its 'listening' line there."""
-    logFile = logDir / "caretproto-twistd.log"
     server = Server.__new__(Server)
     server.name = "caretproto"
     server.log = logFile
