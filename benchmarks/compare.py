@@ -112,11 +112,15 @@ class Server:
 
 
 def startServer(name: str, logDir: Path) -> Server:
-    # A log of its own per start: a restarted server's "listening" line must
-    # not be confused with an earlier one's.
-    twistdLog = Path(
-        tempfile.mkstemp(prefix="caretproto-", suffix=".log", dir=logDir)[1]
-    )
+    """Start the server of model C{name}, logging to a file of its own."""
+    if name == "caretproto":
+        # A log of its own per start: a restarted server's "listening" line
+        # must not be confused with an earlier one's.
+        log = Path(tempfile.mkstemp(prefix="caretproto-", suffix=".log", dir=logDir)[1])
+        command = [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(log)]
+        return _startTwistd(
+            [*command, "caret", "--port", "tcp:0:interface=127.0.0.1"], log
+        )
     python = [sys.executable, "-u"]
     commands = {
         "sequential": [*python, str(SERVERS / "sequential.py"), "0"],
@@ -124,19 +128,7 @@ def startServer(name: str, logDir: Path) -> Server:
         "thread pool (64)": [*python, str(SERVERS / "threadpool.py"), "0"],
         "asyncio": [*python, str(SERVERS / "asyncio_server.py"), "0"],
         "uvloop": [*python, str(SERVERS / "asyncio_server.py"), "0", "--uvloop"],
-        "caretproto": [
-            str(BIN / "twistd"),
-            "-n",
-            "--pidfile=",
-            "--logfile",
-            str(twistdLog),
-            "caret",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-        ],
     }
-    if name == "caretproto":
-        return _startTwistd(commands[name], twistdLog)
     return Server(name, commands[name], logDir)
 
 
