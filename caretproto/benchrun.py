@@ -273,8 +273,9 @@ def summary(figures: dict[str, Any]) -> str:
         f"{figures['processes']} process(es)",
     ]
     if figures["mode"] != "bulk":
+        counted = "sessions" if figures["mode"] == "sessions" else "rounds  "
         lines.append(
-            f"  rounds   {figures['rounds']:,} in {figures['elapsed_s']:.3f} s "
+            f"  {counted} {figures['rounds']:,} in {figures['elapsed_s']:.3f} s "
             f"({figures['rounds_per_s']:,.1f}/s)"
         )
     lines.append(
