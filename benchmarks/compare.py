@@ -533,6 +533,40 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def summary(results: dict[str, Any]) -> str:
+    """One table of the headline figures per model, for the README."""
+    rows = []
+    held = results["hold"].get("10000", {})
+    for name in MODELS:
+        rr = results["rr"]["100"].get(name)
+        sessions = {int(k): v for k, v in results["sessions"][name].items()}
+        if 10000 in sessions:
+            tenThousand = f"{sessions[10000]['elapsed_s']:,.1f}"
+        else:
+            tenThousand = f"*{extrapolated(name, 10000, sessions):,.0f}*"
+        rows.append(
+            [
+                name,
+                fmt(figure(results["bulk"][name], "mb_per_s")),
+                fmt(figure(rr, "rounds_per_s")) if rr else "—",
+                f"{held[name]['held']:,}"
+                if name in held
+                else f"{results['hold']['1000'][name]['held']:,} of 1,000",
+                tenThousand,
+            ]
+        )
+    return table(
+        [
+            "model",
+            "bulk MB/s",
+            "rr rounds/s, 100 conn.",
+            "held of 10,000",
+            "10,000 sessions, s",
+        ],
+        rows,
+    )
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -612,6 +646,7 @@ def main() -> None:
         k: (str(v) if isinstance(v, Path) else v) for k, v in results["options"].items()
     }
     write(results, options.docs)
+    print(summary(results))
     say(f"wrote {options.docs / 'benchmarks.rst'} and {options.docs / 'elapsed.png'}")
 
 
