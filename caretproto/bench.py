@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed, reply_to
+from caretproto.session import REFERENCE_SCRIPT, Script, expectedReplies
 
 MODES = ("rr", "bulk", "hold", "sessions")
 
@@ -51,16 +52,6 @@ BODY_PATTERN = bytes(b for b in range(256) if b != MSG_END[0])
 
 BULK_WRITE = BODY_PATTERN * 257
 """One write of the endless bulk message: 65,535 bytes, whole periods."""
-
-Script = tuple[tuple[bytes, float], ...]
-
-SESSION_SCRIPT: Script = (
-    (b"^abc$de^abte$f", 1.0),
-    (b"xyz^123", 1.0),
-    (b"25$^ab0000$abab", 0.2),
-)
-"""The reference client session (PROTOCOL.md): what to send, then how long to
-wait before the next step."""
 
 CONNECTING_AT_ONCE = 500
 """
@@ -83,16 +74,6 @@ def message(size: int) -> bytes:
         + (BODY_PATTERN * (size // len(BODY_PATTERN) + 1))[: size - 2]
         + MSG_END
     )
-
-
-def expected_replies(buffers: list[bytes]) -> bytes:
-    """What a caret server answers to C{buffers} sent one after another."""
-    state = State.WAIT_FOR_MSG
-    replies = []
-    for buffer in buffers:
-        state, reply, _ = feed(state, buffer)
-        replies.append(reply)
-    return b"".join(replies)
 
 
 @dataclass
@@ -421,8 +402,8 @@ to the server's address, or its TLS equivalent."""
 class Load:
     """
     One process's share of a run: C{connections} connections of C{mode}.
-    C{script} is the session that C{sessions} runs (the reference session,
-    unless a test wants it shorter).
+    C{script} is the session that C{sessions} runs (the reference session of
+    L{caretproto.session}, unless a test wants it shorter).
 
     Call L{connect}, then L{start} once it has fired; L{start} fires with the
     L{Tally} when every connection is closed.
@@ -442,7 +423,7 @@ class Load:
         connections: int,
         size: int = 16,
         duration: float = 10.0,
-        script: Script = SESSION_SCRIPT,
+        script: Script = REFERENCE_SCRIPT,
         greetingTimeout: float = 10.0,
     ) -> None:
         if mode not in MODES:
@@ -476,7 +457,7 @@ class Load:
         periods = 2 * len(BULK_WRITE) // len(BODY_PATTERN) + 2
         self._bulkReplies = reply_to(BODY_PATTERN * periods)
         self._script = script
-        self._sessionReplies = expected_replies([step for step, _ in script])
+        self._sessionReplies = expectedReplies(script)
 
     def progress(self) -> dict[str, Any]:
         """What the load has done so far, for a live display."""
