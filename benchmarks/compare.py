@@ -49,7 +49,10 @@ BIN = Path(sys.executable).parent
 LISTENING = re.compile(r"caret listening on .*?(\d+)\)?\s*$", re.MULTILINE)
 """twistd caret's log line naming its port, whichever way it spells it."""
 
-CAPACITY = {"sequential": 1, "thread pool (64)": 64}
+CARET_ONE_AT_A_TIME = "caretproto --max-connections 1"
+"""caretproto made sequential by its own option, for the sessions."""
+
+CAPACITY = {"sequential": 1, "thread pool (64)": 64, CARET_ONE_AT_A_TIME: 1}
 """Connections a model serves at once, where that is fewer than asked."""
 
 MODELS = [
@@ -60,6 +63,10 @@ MODELS = [
     "uvloop",
     "caretproto",
 ]
+
+
+SESSION_MODELS = [*MODELS, CARET_ONE_AT_A_TIME]
+"""The models whose reference sessions are timed."""
 
 
 class Server:
@@ -113,13 +120,16 @@ class Server:
 
 def startServer(name: str, logDir: Path) -> Server:
     """Start the server of model C{name}, logging to a file of its own."""
-    if name == "caretproto":
+    if name.startswith("caretproto"):
         # A log of its own per start: a restarted server's "listening" line
         # must not be confused with an earlier one's.
         log = Path(tempfile.mkstemp(prefix="caretproto-", suffix=".log", dir=logDir)[1])
         command = [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(log)]
+        options = name.split()[1:]
         return _startTwistd(
-            [*command, "caret", "--port", "tcp:0:interface=127.0.0.1"], log
+            [*command, "caret", "--port", "tcp:0:interface=127.0.0.1", *options],
+            name,
+            log,
         )
     python = [sys.executable, "-u"]
     commands = {
@@ -132,10 +142,10 @@ def startServer(name: str, logDir: Path) -> Server:
     return Server(name, commands[name], logDir)
 
 
-def _startTwistd(command: list[str], logFile: Path) -> Server:
+def _startTwistd(command: list[str], name: str, logFile: Path) -> Server:
     """twistd logs to a file: wait for its 'listening' line there."""
     server = Server.__new__(Server)
-    server.name = "caretproto"
+    server.name = name
     server.log = logFile
     server.process = subprocess.Popen(command, cwd=ROOT)
     for _ in range(300):
@@ -283,7 +293,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "options": vars(options)}
     logDir = Path(tempfile.mkdtemp(prefix="caret-compare-"))
     say(f"server logs in {logDir}")
-    with running(MODELS, logDir) as servers:
+    with running(SESSION_MODELS, logDir) as servers:
         say("bulk, 1 connection")
         results["bulk"] = interleaved(
             MODELS,
@@ -311,13 +321,15 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
             checks.append({"cload": c, "caret-bench": b})
         results["generator"] = checks
 
+        oneAtATime = [1, 2, 5] if quick else [1, 2, 5, 10]
         sessionsN = {
-            "sequential": [1, 2, 5] if quick else [1, 2, 5, 10],
+            "sequential": oneAtATime,
+            CARET_ONE_AT_A_TIME: oneAtATime,
             "thread pool (64)": [1, 10, 100] if quick else [1, 10, 100, 1000],
         }
         concurrentN = [1, 10, 100] if quick else [1, 10, 100, 1000, 10000]
         results["sessions"] = {}
-        for name in MODELS:
+        for name in SESSION_MODELS:
             results["sessions"][name] = {}
             for n in sessionsN.get(name, concurrentN):
                 say(f"sessions, {name}, N = {n}")
@@ -509,13 +521,16 @@ def render(results: dict[str, Any]) -> str:
         "once; seconds from the first connect to the last close, one run each. "
         "Figures in *italics* are extrapolated, not measured: a sequential "
         "server takes N x one session, a pool of 64 takes ⌈N / 64⌉ batches; "
-        "measuring them would take hours.  See ``elapsed.png``.\n"
+        "measuring them would take hours.  The last column is caretproto "
+        "itself made sequential by ``--max-connections 1``.  See "
+        "``elapsed.png``.\n"
     )
+    sessionModels = [m for m in SESSION_MODELS if m in results["sessions"]]
     allN = sorted({int(n) for byN in results["sessions"].values() for n in byN})
     rows = []
     for n in allN:
         row = [f"{n:,}"]
-        for name in MODELS:
+        for name in sessionModels:
             measured = {int(k): v for k, v in results["sessions"][name].items()}
             if n in measured:
                 run = measured[n]
@@ -528,7 +543,11 @@ def render(results: dict[str, Any]) -> str:
                 cell = "—"
             row.append(cell)
         rows.append(row)
-    out.append(table(["N", *MODELS], rows))
+    header = [
+        "caretproto, 1 at a time" if m == CARET_ONE_AT_A_TIME else m
+        for m in sessionModels
+    ]
+    out.append(table(["N", *header], rows))
     out.append("\n.. image:: elapsed.png\n   :alt: elapsed time against N per model\n")
     return "\n".join(out)
 
@@ -542,8 +561,10 @@ def summary(results: dict[str, Any]) -> str:
         sessions = {int(k): v for k, v in results["sessions"][name].items()}
         if 10000 in sessions:
             tenThousand = f"{sessions[10000]['elapsed_s']:,.1f}"
-        else:
+        elif name in CAPACITY:
             tenThousand = f"*{extrapolated(name, 10000, sessions):,.0f}*"
+        else:
+            tenThousand = "—"
         rows.append(
             [
                 name,
@@ -575,11 +596,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     allN = sorted({int(n) for byN in results["sessions"].values() for n in byN})
-    for name in MODELS:
+    for name in [m for m in SESSION_MODELS if m in results["sessions"]]:
         measured = {int(k): v for k, v in results["sessions"][name].items()}
         ns = sorted(measured)
         (line,) = ax.plot(
-            ns, [measured[n]["elapsed_s"] for n in ns], marker="o", label=name
+            ns,
+            [measured[n]["elapsed_s"] for n in ns],
+            marker="x" if name == CARET_ONE_AT_A_TIME else "o",
+            linestyle=":" if name == CARET_ONE_AT_A_TIME else "-",
+            label=name,
         )
         beyond = [n for n in allN if n > max(ns)]
         if beyond:
