@@ -7,8 +7,8 @@ spreads a run over processes, merges their L{Tally}s and reports.  This module
 is built to cost the client as little as possible per message: the reply a
 round expects is computed once, a read is checked with one comparison in the
 common case, and nothing is logged per message.  It is not a client API (a
-program that wants to talk caret should use a plain Twisted protocol and the
-rules) and it asserts no speed.
+program that wants to talk caret uses L{caretproto.client}) and it asserts no
+speed.
 
 Modes:
   - C{rr}: rounds of one message of C{size} bytes and its reply, one round in
