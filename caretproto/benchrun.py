@@ -18,6 +18,7 @@ import os
 import resource
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -467,17 +468,16 @@ class Display:
 class LiveDisplay(Display):
     """A live line of figures on a terminal, with rich."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        self._live = Live(console=Console(stderr=True), auto_refresh=False)
+        console = console if console is not None else Console(stderr=True)
+        self._live = Live(console=console, auto_refresh=False)
         self._live.start()
         self._last: tuple[float, int, int] | None = None
 
     def update(self, progress: dict[str, Any], phase: str) -> None:
-        import time
-
         from rich.table import Table
 
         now = time.monotonic()

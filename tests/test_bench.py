@@ -316,6 +316,25 @@ class OptionsTests(TestCase):
         self.assertEqual(len(Params("h", 1, connections=1, processes=4).shares()), 1)
 
 
+class DisplayTests(ServerMixin, TestCase):
+    async def test_live_display_shows_progress_while_running(self) -> None:
+        from io import StringIO
+
+        from rich.console import Console
+
+        from caretproto.benchrun import LiveDisplay
+
+        screen = StringIO()
+        display = LiveDisplay(Console(file=screen, force_terminal=True, width=80))
+        params = self.serve()
+        await ensureDeferred(
+            run(reactor, Params(**{**params.__dict__, "duration": 0.6}), display)
+        )
+        shown = screen.getvalue()
+        self.assertIn("rounds/s", shown)
+        self.assertIn("rr", shown)
+
+
 class RulesUseTests(TestCase):
     def test_messages_are_sized_on_the_wire_and_answered_by_the_rules(self) -> None:
         sent = message(300)
