@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from caretproto.rules import MSG_END, MSG_START, State
@@ -72,8 +73,9 @@ def connected(protocol: Protocol) -> tuple[Protocol, StringTransport]:
     return protocol, transport
 
 
-def caret() -> tuple[Protocol, StringTransport]:
-    factory = CaretFactory()
+def caret(idleTimeout: float | None = None) -> tuple[Protocol, StringTransport]:
+    factory = CaretFactory(clock=Clock())
+    factory.idleTimeout = idleTimeout
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     assert isinstance(protocol, CaretProtocol)
     return connected(protocol)
@@ -130,6 +132,13 @@ def test_caret_16_byte_messages_one_per_read(benchmark: Any) -> None:
     protocol, transport = caret()
     benchmark(messages(protocol, transport))
     assert protocol.state is State.WAIT_FOR_MSG
+    record(benchmark, "messages/s", MESSAGES_PER_ROUND)
+
+
+def test_caret_16_byte_messages_with_idle_timeout(benchmark: Any) -> None:
+    # twistd caret --idle-timeout 300: every read restarts the idle timer.
+    protocol, transport = caret(idleTimeout=300)
+    benchmark(messages(protocol, transport))
     record(benchmark, "messages/s", MESSAGES_PER_ROUND)
 
 
