@@ -173,76 +173,23 @@ class SessionTests(ServerMixin, TestCase):
         self.assertIn("expected the replies", tally.error_samples[0])
 
 
-def selfSignedPEM(directory: str) -> str:
-    """A key and a certificate for C{localhost}, in one PEM file; its path."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    path = os.path.join(directory, "localhost.pem")
-    with open(path, "wb") as pem:
-        pem.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        pem.write(certificate.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
-class WithoutFlowControl(CaretProtocol):
-    """
-    The server without flow control, for TLS.  caretproto's own server stalls
-    over TLS: its greeting, written before the handshake, makes the TLS layer
-    pause it, and its pause stops the very reading the handshake needs
-    (Twisted issue #6385).  That is the server's to fix; the subject here is
-    caret-bench's TLS.
-    """
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-
 class TLSTests(TestCase):
     async def test_tls_with_a_ca_file_checks_replies_as_over_tcp(self) -> None:
         from twisted.internet.endpoints import serverFromString
 
-        directory = self.mktemp()
-        os.makedirs(directory)
-        pem = selfSignedPEM(directory)
+        from tests.test_tls import Certificates
+
+        certificates = Certificates(self)
         factory = CaretFactory()
-        factory.protocol = WithoutFlowControl
-        port = await serverFromString(
-            reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}"
-        ).listen(factory)
+        port = await serverFromString(reactor, certificates.port()).listen(factory)
         self.addCleanup(factory.whenIdle)
         self.addCleanup(port.stopListening)
-        params = Params(host="localhost", port=port.getHost().port, tls=True, ca=pem)
+        params = Params(
+            host="localhost",
+            port=port.getHost().port,
+            tls=True,
+            ca=certificates.ca,
+        )
         tally = await bench(params, mode="rr", connections=2, duration=0.2)
         self.assertEqual(tally.errors, 0, tally.error_samples)
         self.assertGreater(tally.rounds, 2)
