@@ -1,0 +1,166 @@
+/*
+ * cload: a lean caret load generator in C, the yardstick for caret-bench.
+ *
+ * One thread, epoll, N connections, rr mode only: each connection waits for
+ * the greeting '*', then sends one message of SIZE bytes ('^', SIZE - 2 body
+ * bytes, '$') at a time and waits for its whole reply, checking every byte,
+ * for DURATION seconds.  The body is the same pattern caret-bench sends
+ * (every byte but '$', in order), so the two put the same load on a server.
+ *
+ *   cc -O2 -o cload benchmarks/cload.c
+ *   ./cload 127.0.0.1 9090 100 16 10
+ *
+ * prints one JSON object: rounds, rounds_per_s, errors.  Any wrong byte, or a
+ * connection lost early, counts as an error and makes the exit status 1.
+ * benchmarks/compare.py compiles and runs it; it is not part of the package.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+struct conn {
+    int fd;
+    int greeted;
+    int alive;
+    size_t got; /* reply bytes of the current round received */
+};
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: cload HOST PORT CONNECTIONS SIZE DURATION\n");
+        return 2;
+    }
+    const char *host = argv[1];
+    int port = atoi(argv[2]), n = atoi(argv[3]), size = atoi(argv[4]);
+    double duration = atof(argv[5]);
+    if (port <= 0 || n <= 0 || size < 3 || duration <= 0) {
+        fprintf(stderr, "cload: bad arguments\n");
+        return 2;
+    }
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+        limit.rlim_cur = limit.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &limit);
+    }
+
+    size_t bodylen = size - 2;
+    unsigned char *msg = malloc(size), *reply = malloc(bodylen);
+    unsigned char *buf = malloc(65536);
+    msg[0] = '^';
+    msg[size - 1] = '$';
+    int b = 0;
+    for (size_t i = 0; i < bodylen; i++) {
+        if (b == '$') b++;
+        msg[1 + i] = (unsigned char)b;
+        reply[i] = (unsigned char)((b + 1) % 256);
+        b = (b + 1) % 256;
+    }
+
+    struct sockaddr_in addr = {0};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+        fprintf(stderr, "cload: HOST must be an IPv4 address: %s\n", host);
+        return 2;
+    }
+
+    int ep = epoll_create1(0);
+    struct conn *conns = calloc(n, sizeof *conns);
+    struct epoll_event *events = malloc(sizeof *events * 1024);
+    long errors = 0, rounds = 0;
+    int greeted = 0, alive = 0;
+
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+            perror("cload: connect");
+            errors++;
+            if (fd >= 0) close(fd);
+            continue;
+        }
+        conns[i].fd = fd;
+        conns[i].alive = 1;
+        alive++;
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    }
+
+    double start = 0, deadline = 0;
+    int measuring = 0;
+    while (alive > 0) {
+        int timeout = 1000;
+        if (measuring) {
+            double left = deadline - now();
+            if (left <= 0) break;
+            timeout = (int)(left * 1000) + 1;
+        }
+        int ready = epoll_wait(ep, events, 1024, timeout);
+        if (ready < 0 && errno != EINTR) {
+            perror("cload: epoll_wait");
+            return 1;
+        }
+        for (int e = 0; e < ready; e++) {
+            struct conn *c = &conns[events[e].data.u32];
+            ssize_t r = recv(c->fd, buf, 65536, 0);
+            if (r <= 0) {
+                if (r < 0 && errno == EAGAIN) continue;
+                errors++;
+                c->alive = 0;
+                alive--;
+                close(c->fd);
+                continue;
+            }
+            if (!c->greeted) {
+                if (r != 1 || buf[0] != '*') {
+                    errors++;
+                    c->alive = 0;
+                    alive--;
+                    close(c->fd);
+                    continue;
+                }
+                c->greeted = 1;
+                if (++greeted == alive) {
+                    measuring = 1;
+                    start = now();
+                    deadline = start + duration;
+                    for (int i = 0; i < n; i++)
+                        if (conns[i].alive && send(conns[i].fd, msg, size, 0) != size)
+                            errors++;
+                }
+                continue;
+            }
+            if (c->got + r > bodylen || memcmp(buf, reply + c->got, r) != 0) {
+                errors++;
+                c->alive = 0;
+                alive--;
+                close(c->fd);
+                continue;
+            }
+            c->got += r;
+            if (c->got == bodylen) {
+                c->got = 0;
+                rounds++;
+                if (send(c->fd, msg, size, 0) != size) errors++;
+            }
+        }
+    }
+    double elapsed = measuring ? now() - start : 0;
+    printf("{\"rounds\": %ld, \"rounds_per_s\": %.1f, \"elapsed_s\": %.3f, "
+           "\"connections\": %d, \"size\": %d, \"errors\": %ld}\n",
+           rounds, elapsed > 0 ? rounds / elapsed : 0.0, elapsed, n, size, errors);
+    return errors ? 1 : 0;
+}

@@ -1,0 +1,303 @@
+"""
+caret-bench against the real server on an ephemeral port: it counts what it
+measures, and any wrong byte from the server is an error.  The runs are a
+fraction of a second; nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from caretproto.bench import (
+    BODY_PATTERN,
+    Load,
+    Tally,
+    message,
+)
+from caretproto.benchrun import Params, connector, parse_params, run
+from caretproto.rules import reply_to
+from caretproto.server import CaretFactory, CaretProtocol
+from caretproto.session import REFERENCE_SCRIPT, expectedReplies
+
+SHORT_SCRIPT = tuple((sent, 0.01) for sent, _ in REFERENCE_SCRIPT)
+"""The reference session with its waits cut to 10 ms."""
+
+
+class CorruptsTheFifthReply(CaretProtocol):
+    """A broken server: its fifth reply has one wrong byte, the rest are right."""
+
+    replies = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        write = self.transport.write
+        self.replies += 1
+        if self.replies == 5:
+            self.transport.write = lambda reply: write(reply[:-1] + b"?")  # type: ignore[method-assign]
+        try:
+            super().dataReceived(data)
+        finally:
+            self.transport.write = write  # type: ignore[method-assign]
+
+
+class DropsBytes(CaretProtocol):
+    """A broken server: answers only the first half of each read."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data[: max(1, len(data) // 2)])
+
+
+class GreetsOnlyTwo(CaretProtocol):
+    """A server that serves two clients at once and keeps the rest waiting."""
+
+    def connectionMade(self) -> None:
+        if len(self.factory.sessions) < 2:
+            super().connectionMade()
+
+
+class ServerMixin:
+    """Serves a factory on 127.0.0.1, port 0, for one test."""
+
+    def serve(self: Any, protocol: type[CaretProtocol] = CaretProtocol) -> Params:
+        factory = CaretFactory()
+        factory.protocol = protocol
+        port: IListeningPort = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, factory, interface="127.0.0.1"
+        )
+        # Stop listening, then wait for the server's side of every connection
+        # to be gone, so that no test leaves a socket behind.
+        self.addCleanup(factory.whenIdle)
+        self.addCleanup(port.stopListening)
+        return Params(host="127.0.0.1", port=port.getHost().port)  # type: ignore[attr-defined]
+
+
+def bench(params: Params, **changes: Any) -> Deferred[Tally]:
+    return ensureDeferred(run(reactor, Params(**{**params.__dict__, **changes})))
+
+
+class RoundTripTests(ServerMixin, TestCase):
+    async def test_rr_counts_rounds_and_checks_them(self) -> None:
+        params = self.serve()
+        tally = await bench(params, mode="rr", connections=3, duration=0.2)
+        self.assertEqual(tally.errors, 0, tally.error_samples)
+        self.assertGreater(tally.rounds, 3)
+        self.assertEqual(sum(tally.latency_us.values()), tally.rounds)
+        self.assertEqual(tally.bytes, tally.rounds * 14)
+        self.assertGreaterEqual(tally.elapsed, 0.19)
+        self.assertLess(tally.elapsed, 1.0)
+        self.assertEqual(tally.held, 3)
+
+    async def test_rr_wrong_byte_is_an_error(self) -> None:
+        params = self.serve(CorruptsTheFifthReply)
+        tally = await bench(params, mode="rr", connections=2, duration=0.2)
+        self.assertEqual(tally.errors, 2)
+        self.assertIn("expected the reply", tally.error_samples[0])
+        # Each connection's first four rounds were right and counted.
+        self.assertEqual(tally.rounds, 2 * 4)
+
+    async def test_rr_large_messages_arrive_in_several_reads(self) -> None:
+        params = self.serve()
+        tally = await bench(params, mode="rr", size=300_000, duration=0.2)
+        self.assertEqual(tally.errors, 0, tally.error_samples)
+        self.assertGreater(tally.rounds, 0)
+
+    async def test_hold_holds_every_connection_then_does_one_round_each(
+        self,
+    ) -> None:
+        params = self.serve()
+        tally = await bench(params, mode="hold", connections=50, duration=0.1)
+        self.assertEqual((tally.held, tally.rounds, tally.errors), (50, 50, 0))
+
+    async def test_connections_never_greeted_are_errors_and_the_rest_run(
+        self,
+    ) -> None:
+        params = self.serve(GreetsOnlyTwo)
+        tally = await bench(
+            params, mode="hold", connections=5, duration=0.1, greeting_timeout=0.2
+        )
+        self.assertEqual((tally.held, tally.rounds, tally.errors), (2, 2, 3))
+        self.assertIn("no greeting within 0.2s", tally.error_samples[0])
+
+    async def test_unreachable_server_is_an_error_per_connection(self) -> None:
+        params = self.serve()
+        port: IListeningPort = reactor.listenTCP(0, CaretFactory())  # type: ignore[attr-defined]
+        closed = port.getHost().port  # type: ignore[attr-defined]
+        await port.stopListening()
+        tally = await bench(params, port=closed, connections=3, duration=0.1)
+        self.assertEqual((tally.errors, tally.rounds), (3, 0))
+        self.assertIn("cannot connect", tally.error_samples[0])
+
+
+class BulkTests(ServerMixin, TestCase):
+    async def test_bulk_counts_reply_bytes_and_checks_them(self) -> None:
+        params = self.serve()
+        tally = await bench(params, mode="bulk", connections=2, duration=0.2)
+        self.assertEqual(tally.errors, 0, tally.error_samples)
+        self.assertGreater(tally.bytes, 1_000_000)
+
+    async def test_bulk_missing_replies_are_errors(self) -> None:
+        params = self.serve(DropsBytes)
+        tally = await bench(params, mode="bulk", duration=0.2)
+        self.assertEqual(tally.errors, 1)
+        self.assertIn("wrong byte in the bulk replies", tally.error_samples[0])
+
+
+class SessionTests(ServerMixin, TestCase):
+    async def test_sessions_time_every_session(self) -> None:
+        params = self.serve()
+        load = Load(
+            reactor, connector(reactor, params), "sessions", 20, script=SHORT_SCRIPT
+        )
+        await load.connect()
+        tally = await load.start()
+        self.assertEqual((tally.rounds, tally.errors), (20, 0))
+        self.assertEqual(tally.bytes, 20 * len(b"bcdbcuf23436bc1111"))
+        self.assertGreaterEqual(min(tally.latency_us), 30_000)
+
+    async def test_sessions_wrong_byte_is_an_error(self) -> None:
+        params = self.serve(CorruptsTheFifthReply)
+        script = (*SHORT_SCRIPT, (b"^a$", 0.01), (b"^b$", 0.01))
+        load = Load(reactor, connector(reactor, params), "sessions", 3, script=script)
+        await load.connect()
+        tally = await load.start()
+        self.assertEqual((tally.rounds, tally.errors), (0, 3))
+        self.assertIn("expected the replies", tally.error_samples[0])
+
+
+class TLSTests(TestCase):
+    async def test_tls_with_a_ca_file_checks_replies_as_over_tcp(self) -> None:
+        from twisted.internet.endpoints import serverFromString
+
+        from tests.test_tls import Certificates
+
+        certificates = Certificates(self)
+        factory = CaretFactory()
+        port = await serverFromString(reactor, certificates.port()).listen(factory)
+        self.addCleanup(factory.whenIdle)
+        self.addCleanup(port.stopListening)
+        params = Params(
+            host="localhost",
+            port=port.getHost().port,
+            tls=True,
+            ca=certificates.ca,
+        )
+        tally = await bench(params, mode="rr", connections=2, duration=0.2)
+        self.assertEqual(tally.errors, 0, tally.error_samples)
+        self.assertGreater(tally.rounds, 2)
+
+
+class ProcessesTests(ServerMixin, TestCase):
+    """The command, as a person runs it, in worker processes."""
+
+    async def caretBench(self, params: Params, *args: str) -> tuple[int, str, str]:
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "caretproto.benchrun", params.host, str(params.port), *args],
+            env=os.environ,
+        )
+        return code, out.decode(), err.decode()
+
+    async def test_processes_merge_into_one_json_report(self) -> None:
+        params = self.serve()
+        code, out, err = await self.caretBench(
+            params, "-c", "3", "-d", "0.3", "--processes", "2", "--json"
+        )
+        self.assertEqual(code, 0, err)
+        figures = json.loads(out)
+        self.assertEqual(
+            (figures["connections"], figures["processes"], figures["errors"]),
+            (3, 2, 0),
+        )
+        self.assertGreater(figures["rounds"], 3)
+        self.assertGreater(figures["rounds_per_s"], 0)
+        self.assertGreater(figures["mb_per_s"], 0)
+        self.assertLessEqual(figures["p50_ms"], figures["p99_ms"])
+
+    async def test_wrong_byte_makes_the_exit_status_non_zero(self) -> None:
+        params = self.serve(CorruptsTheFifthReply)
+        code, out, err = await self.caretBench(params, "-d", "0.2", "-P", "2")
+        self.assertEqual(code, 1, err)
+        self.assertIn("errors   1", out)
+        self.assertIn("expected the reply", out)
+
+
+class OptionsTests(TestCase):
+    def assertRefused(self, args: list[str], *mentions: str) -> None:
+        stderr: list[str] = []
+        self.patch(sys, "stderr", type("Err", (), {"write": stderr.append})())
+        with self.assertRaises(SystemExit) as exit:
+            parse_params(args)
+        self.assertEqual(exit.exception.code, 2)
+        for mention in mentions:
+            self.assertIn(mention, "".join(stderr))
+
+    def test_options_may_follow_host_and_port(self) -> None:
+        params, printJSON = parse_params(
+            ["localhost", "9090", "-m", "bulk", "-c", "7", "-d", "0.5", "--json"]
+        )
+        self.assertEqual(
+            params,
+            Params("localhost", 9090, "bulk", connections=7, duration=0.5),
+        )
+        self.assertTrue(printJSON)
+
+    def test_bad_values_are_refused_naming_the_option(self) -> None:
+        self.assertRefused(["localhost", "http"], "PORT", "port number")
+        self.assertRefused(["localhost", "9090", "-c", "0"], "--connections", "100")
+        self.assertRefused(["localhost", "9090", "--size", "2"], "--size", "at least")
+        self.assertRefused(["localhost", "9090", "-m", "ping"], "--mode", "rr")
+        self.assertRefused(["localhost", "9090", "--ca", "x.pem"], "--ca", "--tls")
+
+    def test_connections_spread_over_processes_without_empty_shares(self) -> None:
+        shares = Params("h", 1, connections=5, processes=3).shares()
+        self.assertEqual([share.connections for share in shares], [2, 2, 1])
+        self.assertEqual(len(Params("h", 1, connections=1, processes=4).shares()), 1)
+
+
+class DisplayTests(ServerMixin, TestCase):
+    async def test_live_display_shows_progress_while_running(self) -> None:
+        from io import StringIO
+
+        from rich.console import Console
+
+        from caretproto.benchrun import LiveDisplay
+
+        screen = StringIO()
+        display = LiveDisplay(Console(file=screen, force_terminal=True, width=80))
+        params = self.serve()
+        await ensureDeferred(
+            run(reactor, Params(**{**params.__dict__, "duration": 0.6}), display)
+        )
+        shown = screen.getvalue()
+        self.assertIn("rounds/s", shown)
+        self.assertIn("rr", shown)
+
+
+class RulesUseTests(TestCase):
+    def test_messages_are_sized_on_the_wire_and_answered_by_the_rules(self) -> None:
+        sent = message(300)
+        self.assertEqual((len(sent), sent[:1], sent[-1:]), (300, b"^", b"$"))
+        self.assertEqual(
+            expectedReplies(((sent[:100], 0), (sent[100:], 0))), reply_to(sent[1:-1])
+        )
+        self.assertNotIn(b"$", BODY_PATTERN)
+
+    def test_tallies_of_processes_merge_and_give_percentiles(self) -> None:
+        one = Tally(
+            rounds=3, bytes=42, elapsed=1.0, latency_us=Counter({100: 2, 300: 1})
+        )
+        two = Tally(rounds=1, bytes=14, elapsed=1.2, latency_us=Counter({5000: 1}))
+        merged = Tally.fromJSON(json.loads(json.dumps(one.toJSON()))).merge(two)
+        self.assertEqual((merged.rounds, merged.bytes, merged.elapsed), (4, 56, 1.2))
+        self.assertEqual(merged.percentile_ms(0.5), 0.1)
+        self.assertEqual(merged.percentile_ms(0.99), 5.0)
+        self.assertIsNone(Tally().percentile_ms(0.5))
