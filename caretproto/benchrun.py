@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from caretproto.bench import MODES, Connect, Load, Tally
+from caretproto.endpoints import resolve, tlsCreator
 
 PROGRESS_INTERVAL = 0.5
 """Seconds between updates of the live display and worker progress."""
@@ -183,12 +183,14 @@ def parse_params(args: Sequence[str]) -> tuple[Params, bool]:
     if options.ca is not None:
         if not options.tls:
             parse.error("argument --ca: only with --tls")
-        if not os.path.isfile(options.ca):
-            parse.error(f"argument --ca: not a PEM file: {options.ca!r}")
+        try:
+            tlsCreator(options.host, options.ca)
+        except ValueError as error:
+            parse.error(f"argument --ca: {error}")
     try:
-        socket.getaddrinfo(options.host, options.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        parse.error(f"argument HOST: cannot resolve {options.host!r}: {error}")
+        resolve(options.host, options.port)
+    except ValueError as error:
+        parse.error(f"argument HOST: {error}")
     params = Params(
         host=options.host,
         port=options.port,
@@ -209,18 +211,10 @@ def connector(reactor: Any, params: Params) -> Connect:
     How each connection of a load is opened: the host is resolved once, not
     per connection.
     """
-    address = socket.getaddrinfo(params.host, params.port, type=socket.SOCK_STREAM)
-    ip = address[0][4][0]
+    ip = resolve(params.host, params.port)
     if not params.tls:
         return lambda factory: reactor.connectTCP(ip, params.port, factory, 30)
-    from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
-
-    if params.ca is not None:
-        with open(params.ca, "rb") as pem:
-            trust: Any = Certificate.loadPEM(pem.read())
-    else:
-        trust = platformTrust()
-    creator = optionsForClientTLS(params.host, trustRoot=trust)
+    creator = tlsCreator(params.host, params.ca)
 
     def connectTLS(factory: ClientFactory) -> Any:
         return reactor.connectSSL(ip, params.port, factory, creator, 30)

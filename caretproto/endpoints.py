@@ -16,7 +16,10 @@ from typing import Any
 
 from OpenSSL.crypto import Error as OpenSSLError
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IStreamClientEndpoint,
+)
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
 
@@ -47,16 +50,37 @@ def clientEndpoint(
     """
     if ca is not None and not tls:
         raise ValueError("a CA certificate is only used with TLS")
-    trustRoot = None if ca is None else _loadCertificate(ca)
+    creator = tlsCreator(host, ca) if tls else None
+    # TCP4ClientEndpoint connects to an IPv6 address as well, given one.
+    endpoint = TCP4ClientEndpoint(reactor, resolve(host, port), port)
+    if creator is None:
+        return endpoint
+    return wrapClientTLS(creator, endpoint)
+
+
+def resolve(host: str, port: int) -> str:
+    """
+    The first address of C{host} for a stream connection to C{port}.
+
+    @raise ValueError: C{host} cannot be resolved; the message says why.
+    """
     try:
         address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
     except OSError as error:
         raise ValueError(f"cannot resolve host {host!r}: {error}") from None
-    # TCP4ClientEndpoint connects to an IPv6 address as well, given one.
-    endpoint = TCP4ClientEndpoint(reactor, str(address), port)
-    if not tls:
-        return endpoint
-    return wrapClientTLS(optionsForClientTLS(host, trustRoot=trustRoot), endpoint)
+    return str(address)
+
+
+def tlsCreator(host: str, ca: str | None) -> IOpenSSLClientConnectionCreator:
+    """
+    TLS client options that check the server's certificate against C{host}
+    and trust the certificate authority in the PEM file C{ca} (or, when
+    L{None}, the ones the system trusts).
+
+    @raise ValueError: C{ca} is not a readable PEM certificate.
+    """
+    trustRoot = None if ca is None else _loadCertificate(ca)
+    return optionsForClientTLS(host, trustRoot=trustRoot)
 
 
 def _loadCertificate(path: str) -> Certificate:
