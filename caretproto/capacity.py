@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import select
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -125,6 +126,7 @@ class DescriptorShortage:
         self.failures = 0
         self._retryCall: IDelayedCall | None = None
         self._sessionEnd: Deferred[None] | None = None
+        self._backlogCheck: IDelayedCall | None = None
 
     def failed(self, code: int) -> None:
         """C{accept} failed with C{code}, one of L{SHORTAGE_ERRORS}."""
@@ -148,8 +150,25 @@ class DescriptorShortage:
         self._sessionEnd = None
         self.retry()
 
+    def accepted(self, listener: socket.socket) -> None:
+        """
+        C{accept} on C{listener} succeeded during a shortage.  Whether that
+        emptied the backlog is asked of the socket once the port is done with
+        this wake-up: a Twisted port accepts at most C{numberAccepts} clients
+        per wake-up and then sets it to how many it accepted, so it may stop
+        exactly when the backlog empties and never see C{EAGAIN}, the other
+        sign that the shortage is over.
+        """
+        if self._backlogCheck is None:
+            self._backlogCheck = self.clock.callLater(0, self._checkBacklog, listener)
+
+    def _checkBacklog(self, listener: socket.socket) -> None:
+        self._backlogCheck = None
+        if listener.fileno() >= 0 and not _clientsWaiting(listener):
+            self.caughtUp()
+
     def caughtUp(self) -> None:
-        """C{accept} found no client waiting."""
+        """No client is left waiting to be accepted."""
         if self.since is None:
             return
         _log.info(
@@ -171,9 +190,17 @@ class DescriptorShortage:
 
     def stop(self) -> None:
         """No more retries: the ports are closing."""
-        if self._retryCall is not None and self._retryCall.active():
-            self._retryCall.cancel()
-        self._retryCall = None
+        for call in (self._retryCall, self._backlogCheck):
+            if call is not None and call.active():
+                call.cancel()
+        self._retryCall = self._backlogCheck = None
+
+
+def _clientsWaiting(listener: socket.socket) -> bool:
+    """Whether a client waits in C{listener}'s backlog, asked without blocking."""
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _GuardedListener:
@@ -190,7 +217,7 @@ class _GuardedListener:
 
     def accept(self) -> tuple[socket.socket, Any]:
         try:
-            return self._listener.accept()
+            client = self._listener.accept()
         except BlockingIOError:
             self._shortage.caughtUp()
             raise
@@ -199,6 +226,9 @@ class _GuardedListener:
                 raise
             self._shortage.failed(error.errno)
             raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)) from None
+        if self._shortage.since is not None:
+            self._shortage.accepted(self._listener)
+        return client
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._listener, name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import signal
+import socket
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -118,6 +119,65 @@ class DescriptorShortageTests(TestCase):
         self.assertEqual(other.exception.errno, errno.ECONNABORTED)
         self.assertEqual(listener.fileno(), 7)
         self.shortage.stop()
+
+
+class BacklogEmptiedTests(TestCase):
+    """
+    A shortage ends when accepting empties the backlog, even if the port
+    never calls C{accept} again to see C{EAGAIN} (Twisted's port accepts at
+    most C{numberAccepts} per wake-up, and may stop right at the last client).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.shortage = DescriptorShortage(
+            Acceptor(), self.clock, CaretFactory(clock=self.clock).whenSessionEnds
+        )
+        self.addCleanup(self.shortage.stop)
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        self.addCleanup(server.close)
+        self.address = server.getsockname()
+        self.listener = _GuardedListener(server, self.shortage)
+
+    def clientWaits(self) -> None:
+        client = socket.create_connection(self.address)
+        self.addCleanup(client.close)
+
+    def acceptOne(self) -> None:
+        accepted, _ = self.listener.accept()
+        self.addCleanup(accepted.close)
+
+    def test_the_last_waiting_client_accepted_ends_the_shortage(self) -> None:
+        messages = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.shortage.failed(errno.EMFILE)
+        self.clientWaits()
+        self.clientWaits()
+        self.acceptOne()
+        self.clock.advance(0)
+        self.assertIsNotNone(self.shortage.since)
+        self.acceptOne()
+        self.clock.advance(0)
+        self.assertIsNone(self.shortage.since)
+        self.assertEqual(
+            [e["log_format"] for e in messages if "again" in e["log_format"]],
+            [
+                "accepting connections again after {duration:.1f}s short of "
+                "descriptors ({failures} accept attempts failed)"
+            ],
+        )
+
+    def test_a_later_shortage_is_logged_anew(self) -> None:
+        messages = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.shortage.failed(errno.EMFILE)
+        self.clientWaits()
+        self.acceptOne()
+        self.clock.advance(0)
+        self.shortage.failed(errno.EMFILE)
+        self.assertEqual(
+            len([e for e in messages if "cannot accept" in e["log_format"]]), 2
+        )
 
 
 class OutOfDescriptorsTests(TestCase):
