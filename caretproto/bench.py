@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed, reply_to
+from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed, replyTo
 from caretproto.session import REFERENCE_SCRIPT, Script, expectedReplies
 
 MODES = ("rr", "bulk", "hold", "sessions")
@@ -87,21 +87,21 @@ class Tally:
     @ivar elapsed: the window, in seconds: C{duration} for rr and bulk, the
         round on every connection for hold, start to the last close for
         sessions.
-    @ivar latency_us: round (or session) durations, in microseconds, counted.
+    @ivar latencyMicros: round (or session) durations, in microseconds, counted.
     @ivar connections: connections asked for.
     @ivar held: connections greeted and still open when the window began.
-    @ivar connect_s: seconds to open and greet every connection.
+    @ivar connectSeconds: seconds to open and greet every connection.
     """
 
     rounds: int = 0
     bytes: int = 0
     errors: int = 0
     elapsed: float = 0.0
-    latency_us: Counter[int] = field(default_factory=Counter)
+    latencyMicros: Counter[int] = field(default_factory=Counter)
     connections: int = 0
     held: int = 0
-    connect_s: float = 0.0
-    error_samples: list[str] = field(default_factory=list)
+    connectSeconds: float = 0.0
+    errorSamples: list[str] = field(default_factory=list)
 
     def toJSON(self) -> dict[str, Any]:
         return {
@@ -109,11 +109,11 @@ class Tally:
             "bytes": self.bytes,
             "errors": self.errors,
             "elapsed": self.elapsed,
-            "latency_us": {str(k): v for k, v in self.latency_us.items()},
+            "latency_us": {str(k): v for k, v in self.latencyMicros.items()},
             "connections": self.connections,
             "held": self.held,
-            "connect_s": self.connect_s,
-            "error_samples": self.error_samples,
+            "connect_s": self.connectSeconds,
+            "error_samples": self.errorSamples,
         }
 
     @classmethod
@@ -123,11 +123,11 @@ class Tally:
             bytes=data["bytes"],
             errors=data["errors"],
             elapsed=data["elapsed"],
-            latency_us=Counter({int(k): v for k, v in data["latency_us"].items()}),
+            latencyMicros=Counter({int(k): v for k, v in data["latency_us"].items()}),
             connections=data["connections"],
             held=data["held"],
-            connect_s=data["connect_s"],
-            error_samples=list(data["error_samples"]),
+            connectSeconds=data["connect_s"],
+            errorSamples=list(data["error_samples"]),
         )
 
     def merge(self, other: Tally) -> Tally:
@@ -137,22 +137,22 @@ class Tally:
             bytes=self.bytes + other.bytes,
             errors=self.errors + other.errors,
             elapsed=max(self.elapsed, other.elapsed),
-            latency_us=self.latency_us + other.latency_us,
+            latencyMicros=self.latencyMicros + other.latencyMicros,
             connections=self.connections + other.connections,
             held=self.held + other.held,
-            connect_s=max(self.connect_s, other.connect_s),
-            error_samples=(self.error_samples + other.error_samples)[:ERROR_SAMPLES],
+            connectSeconds=max(self.connectSeconds, other.connectSeconds),
+            errorSamples=(self.errorSamples + other.errorSamples)[:ERROR_SAMPLES],
         )
 
-    def percentile_ms(self, fraction: float) -> float | None:
+    def percentileMs(self, fraction: float) -> float | None:
         """The round duration below which C{fraction} of rounds fell, in ms."""
-        total = sum(self.latency_us.values())
+        total = sum(self.latencyMicros.values())
         if not total:
             return None
         rank = fraction * total
         seen = 0
-        for micros in sorted(self.latency_us):
-            seen += self.latency_us[micros]
+        for micros in sorted(self.latencyMicros):
+            seen += self.latencyMicros[micros]
             if seen >= rank:
                 return micros / 1000
         raise AssertionError("unreachable: ranks are within the total")
@@ -455,7 +455,7 @@ class Load:
         self._message = message(size)
         self._reply = feed(State.WAIT_FOR_MSG, self._message).reply
         periods = 2 * len(BULK_WRITE) // len(BODY_PATTERN) + 2
-        self._bulkReplies = reply_to(BODY_PATTERN * periods)
+        self._bulkReplies = replyTo(BODY_PATTERN * periods)
         self._script = script
         self._sessionReplies = expectedReplies(script)
 
@@ -539,7 +539,7 @@ class Load:
             self._waitingForGreetings.cancel()
             self._waitingForGreetings = None
         self._connectors = []
-        self.tally.connect_s = time.perf_counter() - self._connectStarted
+        self.tally.connectSeconds = time.perf_counter() - self._connectStarted
         connected, self._connected = self._connected, None
         connected.callback(None)
 
@@ -573,8 +573,8 @@ class Load:
 
     def error(self, reason: str) -> None:
         self.tally.errors += 1
-        if len(self.tally.error_samples) < ERROR_SAMPLES:
-            self.tally.error_samples.append(reason)
+        if len(self.tally.errorSamples) < ERROR_SAMPLES:
+            self.tally.errorSamples.append(reason)
             self._log.error("caret-bench: {reason}", reason=reason)
 
     def connectionLost(self, connection: _Connection) -> None:
@@ -654,7 +654,7 @@ class Load:
             tally.bytes = tally.rounds * len(self._reply)
         elif self.mode == "sessions":
             tally.bytes = tally.rounds * len(self._sessionReplies)
-        tally.latency_us = Counter(int(seconds * 1_000_000) for seconds in samples)
+        tally.latencyMicros = Counter(int(seconds * 1_000_000) for seconds in samples)
         if self._givingUp is not None and self._givingUp.active():
             self._givingUp.cancel()
         self._done.callback(tally)

@@ -48,7 +48,7 @@ class Params:
     processes: int = 1
     tls: bool = False
     ca: str | None = None
-    greeting_timeout: float = 10.0
+    greetingTimeout: float = 10.0
 
     def shares(self) -> list[Params]:
         """The same run cut into one share per process (none left empty)."""
@@ -168,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     return parse
 
 
-def parse_params(args: Sequence[str]) -> tuple[Params, bool]:
+def parseParams(args: Sequence[str]) -> tuple[Params, bool]:
     """
     C{args} as parameters and whether to print JSON; a bad option exits with
     status 2 and a message naming it.
@@ -201,7 +201,7 @@ def parse_params(args: Sequence[str]) -> tuple[Params, bool]:
         processes=options.processes,
         tls=options.tls,
         ca=options.ca,
-        greeting_timeout=options.greeting_timeout,
+        greetingTimeout=options.greeting_timeout,
     )
     return params, options.json
 
@@ -240,13 +240,13 @@ def report(params: Params, tally: Tally) -> dict[str, Any]:
         "rounds_per_s": round(tally.rounds / elapsed, 1),
         "bytes": tally.bytes,
         "mb_per_s": round(tally.bytes / elapsed / 1e6, 3),
-        "p50_ms": tally.percentile_ms(0.50),
-        "p99_ms": tally.percentile_ms(0.99),
+        "p50_ms": tally.percentileMs(0.50),
+        "p99_ms": tally.percentileMs(0.99),
         "errors": tally.errors,
         "elapsed_s": round(tally.elapsed, 3),
         "held": tally.held,
-        "connect_s": round(tally.connect_s, 3),
-        "error_samples": tally.error_samples,
+        "connect_s": round(tally.connectSeconds, 3),
+        "error_samples": tally.errorSamples,
     }
 
 
@@ -318,7 +318,7 @@ class LocalShare(Share):
             params.connections,
             params.size,
             params.duration,
-            greetingTimeout=params.greeting_timeout,
+            greetingTimeout=params.greetingTimeout,
         )
 
     def ready(self) -> Deferred[None]:
@@ -393,7 +393,7 @@ class WorkerShare(Share, ProcessProtocol):
                 Tally(
                     errors=self.connections,
                     connections=self.connections,
-                    error_samples=[f"worker process ended: {reason.getErrorMessage()}"],
+                    errorSamples=[f"worker process ended: {reason.getErrorMessage()}"],
                 )
             )
 
@@ -550,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args[:1] == ["--worker"]:
         params = Params(**json.loads(args[1]))
         react(lambda reactor: Deferred.fromCoroutine(worker(reactor, params)))
-    params, printJSON = parse_params(args)
+    params, printJSON = parseParams(args)
     live = sys.stderr.isatty()
 
     async def bench(reactor: Any) -> None:

@@ -88,7 +88,7 @@ class CaretClientProtocol(Protocol):
         """
         Send C{^body$} and fire with its reply, however it is cut into
         reads: C{len(body)} bytes, which a correct server makes
-        L{caretproto.rules.reply_to}C{(body)}.  Requests may be pipelined;
+        L{caretproto.rules.replyTo}C{(body)}.  Requests may be pipelined;
         each fires in turn.  (Were a raw L{send} to leave a message open, the
         C{^} would be answered too, and the reply one byte longer.)
 

@@ -49,7 +49,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from caretproto.server import describe_address
+from caretproto.server import describeAddress
 
 PREFIX = "haproxy"
 """The endpoint description prefix that puts the PROXY protocol in front."""
@@ -105,13 +105,13 @@ class _HeaderFirst(HAProxyProtocolWrapper, TimeoutMixin):
         if self._header is None and self.disconnecting:
             self._log.warn(
                 "{peer} sent no PROXY protocol header: closed",
-                peer=describe_address(self.transport.getPeer()),
+                peer=describeAddress(self.transport.getPeer()),
             )
 
     def timeoutConnection(self) -> None:
         self._log.warn(
             "{peer} sent no PROXY protocol header in {timeout}s: closed",
-            peer=describe_address(self.transport.getPeer()),
+            peer=describeAddress(self.transport.getPeer()),
             timeout=self.factory.headerTimeout,
         )
         self.transport.abortConnection()  # type: ignore[attr-defined]

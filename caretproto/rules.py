@@ -47,7 +47,7 @@ class Step(NamedTuple):
     """How many messages the chunk ended (C{$} inside a message)."""
 
 
-def reply_to(body: bytes) -> bytes:
+def replyTo(body: bytes) -> bytes:
     """
     The reply to the bytes of a message body: each byte C{b} answered with
     C{(b + 1) mod 256}.  C{body} must not contain C{$}.

@@ -36,7 +36,7 @@ from zope.interface import implementer
 from caretproto.rules import GREETING, State, feed
 
 
-def describe_address(address: IAddress | None) -> str:
+def describeAddress(address: IAddress | None) -> str:
     """
     A short, loggable form of a peer address: C{host:port} for IP,
     C{[host]:port} for IPv6, the path (or C{unix}) for a UNIX socket.
@@ -51,7 +51,7 @@ def describe_address(address: IAddress | None) -> str:
     return "unix" if address is not None else "unknown"
 
 
-def peer_host(address: IAddress | None) -> str | None:
+def peerHost(address: IAddress | None) -> str | None:
     """
     The host part of an IP peer address, which the per-peer limit counts;
     L{None} for a UNIX socket, whose peers have no address to tell apart.
@@ -129,7 +129,7 @@ class CaretProtocol(Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
-        self.peer = describe_address(address)
+        self.peer = describeAddress(address)
         if not self.factory.peerArrived(address):
             self.transport.loseConnection()
             return
@@ -362,7 +362,7 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
         once per burst.  A connection that stays must be given back with
         L{peerLeft}.
         """
-        host = peer_host(address)
+        host = peerHost(address)
         if self.maxPerPeer is None or host is None:
             return True
         if self.connectionsByPeer[host] >= self.maxPerPeer:
@@ -373,7 +373,7 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
 
     def peerLeft(self, address: IAddress | None) -> None:
         """A connection that L{peerArrived} let stay is gone."""
-        host = peer_host(address)
+        host = peerHost(address)
         if host is not None and host in self.connectionsByPeer:
             self.connectionsByPeer[host] -= 1
             if not self.connectionsByPeer[host]:

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from caretproto.capacity import DescriptorShortage, guardListener
-from caretproto.server import CaretFactory, describe_address
+from caretproto.server import CaretFactory, describeAddress
 
 
 class CaretService(Service):
@@ -96,7 +96,7 @@ class CaretService(Service):
         self.ports = ports
         for port in ports:
             self._log.info(
-                "caret listening on {address}", address=describe_address(port.getHost())
+                "caret listening on {address}", address=describeAddress(port.getHost())
             )
             guardListener(port, self.shortage)
             if self._acceptPausedFor:

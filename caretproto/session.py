@@ -126,13 +126,13 @@ class _SessionClient(CaretClientProtocol):
     def __init__(self, name: str, log: Logger, clock: IReactorTime) -> None:
         super().__init__()
         self.name = name
-        self.log = log
+        self._log = log
         self.clock = clock
         self.received = bytearray()
 
     def replyReceived(self, data: bytes) -> None:
         self.received += data
-        self.log.info(
+        self._log.info(
             "{conn} received {data!r}",
             conn=self.name,
             data=data,
@@ -143,11 +143,11 @@ class _SessionClient(CaretClientProtocol):
 class _SessionClientFactory(CaretClientFactory):
     def __init__(self, name: str, log: Logger, clock: IReactorTime) -> None:
         self.name = name
-        self.log = log
+        self._log = log
         self.clock = clock
 
     def buildProtocol(self, addr: object) -> _SessionClient:
-        client = _SessionClient(self.name, self.log, self.clock)
+        client = _SessionClient(self.name, self._log, self.clock)
         client.factory = self
         return client
 

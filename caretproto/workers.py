@@ -191,7 +191,7 @@ class WorkerPool(Service):
         they are logged like any other event.
     """
 
-    log = Logger()
+    _log = Logger()
     reports: WorkerReports | None = None
     steadyAfter = 10.0
     restartDelay: Callable[[int], float] = staticmethod(
@@ -242,7 +242,7 @@ class WorkerPool(Service):
             )
         except OSError as error:
             delay = self._replaceLater(index, 0.0)
-            self.log.error(
+            self._log.error(
                 "worker {index} could not be started: {error}; trying again "
                 "in {delay:.1f}s",
                 index=index,
@@ -251,7 +251,7 @@ class WorkerPool(Service):
             )
             return
         self.workers[index] = worker
-        self.log.info("worker {index} started: pid {pid}", index=index, pid=worker.pid)
+        self._log.info("worker {index} started: pid {pid}", index=index, pid=worker.pid)
 
     def _replaceLater(self, index: int, lived: float) -> float:
         """
@@ -282,7 +282,7 @@ class WorkerPool(Service):
             return
         if event is None:
             if text.strip():
-                self.log.emit(
+                self._log.emit(
                     LogLevel.warn if childFD == 2 else LogLevel.info,
                     "{line}",
                     line=text,
@@ -298,7 +298,7 @@ class WorkerPool(Service):
         event["log_system"] = _system(worker, system)
         event["worker"] = worker.index
         event["worker_pid"] = worker.pid
-        self.log.observer(event)
+        self._log.observer(event)
 
     def workerEnded(self, worker: _Worker, reason: Failure) -> None:
         """
@@ -311,7 +311,7 @@ class WorkerPool(Service):
             self.reports.ended(worker)
         status = describeExit(reason)
         if not self.running:
-            self.log.info(
+            self._log.info(
                 "worker {index} (pid {pid}) ended: {status}",
                 index=worker.index,
                 pid=worker.pid,
@@ -322,7 +322,7 @@ class WorkerPool(Service):
             return
         lived = self._clock.seconds() - worker.startedAt
         delay = self._replaceLater(worker.index, lived)
-        self.log.error(
+        self._log.error(
             "worker {index} (pid {pid}) died after {lived:.1f}s: {status}; "
             "starting another in {delay:.1f}s",
             index=worker.index,
@@ -355,7 +355,7 @@ class WorkerPool(Service):
     def _kill(self) -> None:
         self._killCall = None
         for worker in self.workers.values():
-            self.log.warn(
+            self._log.warn(
                 "worker {index} (pid {pid}) still running {timeout}s after "
                 "SIGTERM: killing it",
                 index=worker.index,
@@ -579,7 +579,7 @@ class ParentLink(Service):
     process of the group, and the parent passes it on as SIGTERM.
     """
 
-    log = Logger()
+    _log = Logger()
 
     def __init__(self, reactor: Any = None, fd: int = 0) -> None:
         if reactor is None:
@@ -599,5 +599,5 @@ class ParentLink(Service):
 
     def _parentGone(self) -> None:
         if self.running:
-            self.log.warn("the parent process is gone: stopping")
+            self._log.warn("the parent process is gone: stopping")
             IReactorCore(self._reactor).stop()

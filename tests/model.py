@@ -34,6 +34,6 @@ def reference(stream: bytes, inMessage: bool = False) -> Outcome:
     return Outcome(bytes(replies), messages, inMessage)
 
 
-def reference_replies(stream: bytes) -> bytes:
+def referenceReplies(stream: bytes) -> bytes:
     """Every reply a server owes a client that sent C{stream}."""
     return reference(stream).replies

@@ -24,8 +24,8 @@ from caretproto.bench import (
     Tally,
     message,
 )
-from caretproto.benchrun import Params, connector, parse_params, run
-from caretproto.rules import reply_to
+from caretproto.benchrun import Params, connector, parseParams, run
+from caretproto.rules import replyTo
 from caretproto.server import CaretFactory, CaretProtocol
 from caretproto.session import REFERENCE_SCRIPT, expectedReplies
 
@@ -88,9 +88,9 @@ class RoundTripTests(ServerMixin, TestCase):
     async def test_rr_counts_rounds_and_checks_them(self) -> None:
         params = self.serve()
         tally = await bench(params, mode="rr", connections=3, duration=0.2)
-        self.assertEqual(tally.errors, 0, tally.error_samples)
+        self.assertEqual(tally.errors, 0, tally.errorSamples)
         self.assertGreater(tally.rounds, 3)
-        self.assertEqual(sum(tally.latency_us.values()), tally.rounds)
+        self.assertEqual(sum(tally.latencyMicros.values()), tally.rounds)
         self.assertEqual(tally.bytes, tally.rounds * 14)
         self.assertGreaterEqual(tally.elapsed, 0.19)
         self.assertLess(tally.elapsed, 1.0)
@@ -100,14 +100,14 @@ class RoundTripTests(ServerMixin, TestCase):
         params = self.serve(CorruptsTheFifthReply)
         tally = await bench(params, mode="rr", connections=2, duration=0.2)
         self.assertEqual(tally.errors, 2)
-        self.assertIn("expected the reply", tally.error_samples[0])
+        self.assertIn("expected the reply", tally.errorSamples[0])
         # Each connection's first four rounds were right and counted.
         self.assertEqual(tally.rounds, 2 * 4)
 
     async def test_rr_large_messages_arrive_in_several_reads(self) -> None:
         params = self.serve()
         tally = await bench(params, mode="rr", size=300_000, duration=0.2)
-        self.assertEqual(tally.errors, 0, tally.error_samples)
+        self.assertEqual(tally.errors, 0, tally.errorSamples)
         self.assertGreater(tally.rounds, 0)
 
     async def test_hold_holds_every_connection_then_does_one_round_each(
@@ -122,10 +122,10 @@ class RoundTripTests(ServerMixin, TestCase):
     ) -> None:
         params = self.serve(GreetsOnlyTwo)
         tally = await bench(
-            params, mode="hold", connections=5, duration=0.1, greeting_timeout=0.2
+            params, mode="hold", connections=5, duration=0.1, greetingTimeout=0.2
         )
         self.assertEqual((tally.held, tally.rounds, tally.errors), (2, 2, 3))
-        self.assertIn("no greeting within 0.2s", tally.error_samples[0])
+        self.assertIn("no greeting within 0.2s", tally.errorSamples[0])
 
     async def test_unreachable_server_is_an_error_per_connection(self) -> None:
         params = self.serve()
@@ -134,21 +134,21 @@ class RoundTripTests(ServerMixin, TestCase):
         await port.stopListening()
         tally = await bench(params, port=closed, connections=3, duration=0.1)
         self.assertEqual((tally.errors, tally.rounds), (3, 0))
-        self.assertIn("cannot connect", tally.error_samples[0])
+        self.assertIn("cannot connect", tally.errorSamples[0])
 
 
 class BulkTests(ServerMixin, TestCase):
     async def test_bulk_counts_reply_bytes_and_checks_them(self) -> None:
         params = self.serve()
         tally = await bench(params, mode="bulk", connections=2, duration=0.2)
-        self.assertEqual(tally.errors, 0, tally.error_samples)
+        self.assertEqual(tally.errors, 0, tally.errorSamples)
         self.assertGreater(tally.bytes, 1_000_000)
 
     async def test_bulk_missing_replies_are_errors(self) -> None:
         params = self.serve(DropsBytes)
         tally = await bench(params, mode="bulk", duration=0.2)
         self.assertEqual(tally.errors, 1)
-        self.assertIn("wrong byte in the bulk replies", tally.error_samples[0])
+        self.assertIn("wrong byte in the bulk replies", tally.errorSamples[0])
 
 
 class SessionTests(ServerMixin, TestCase):
@@ -161,7 +161,7 @@ class SessionTests(ServerMixin, TestCase):
         tally = await load.start()
         self.assertEqual((tally.rounds, tally.errors), (20, 0))
         self.assertEqual(tally.bytes, 20 * len(b"bcdbcuf23436bc1111"))
-        self.assertGreaterEqual(min(tally.latency_us), 30_000)
+        self.assertGreaterEqual(min(tally.latencyMicros), 30_000)
 
     async def test_sessions_wrong_byte_is_an_error(self) -> None:
         params = self.serve(CorruptsTheFifthReply)
@@ -170,7 +170,7 @@ class SessionTests(ServerMixin, TestCase):
         await load.connect()
         tally = await load.start()
         self.assertEqual((tally.rounds, tally.errors), (0, 3))
-        self.assertIn("expected the replies", tally.error_samples[0])
+        self.assertIn("expected the replies", tally.errorSamples[0])
 
 
 class TLSTests(TestCase):
@@ -191,7 +191,7 @@ class TLSTests(TestCase):
             ca=certificates.ca,
         )
         tally = await bench(params, mode="rr", connections=2, duration=0.2)
-        self.assertEqual(tally.errors, 0, tally.error_samples)
+        self.assertEqual(tally.errors, 0, tally.errorSamples)
         self.assertGreater(tally.rounds, 2)
 
 
@@ -235,13 +235,13 @@ class OptionsTests(TestCase):
         stderr: list[str] = []
         self.patch(sys, "stderr", type("Err", (), {"write": stderr.append})())
         with self.assertRaises(SystemExit) as exit:
-            parse_params(args)
+            parseParams(args)
         self.assertEqual(exit.exception.code, 2)
         for mention in mentions:
             self.assertIn(mention, "".join(stderr))
 
     def test_options_may_follow_host_and_port(self) -> None:
-        params, printJSON = parse_params(
+        params, printJSON = parseParams(
             ["localhost", "9090", "-m", "bulk", "-c", "7", "-d", "0.5", "--json"]
         )
         self.assertEqual(
@@ -287,17 +287,17 @@ class RulesUseTests(TestCase):
         sent = message(300)
         self.assertEqual((len(sent), sent[:1], sent[-1:]), (300, b"^", b"$"))
         self.assertEqual(
-            expectedReplies(((sent[:100], 0), (sent[100:], 0))), reply_to(sent[1:-1])
+            expectedReplies(((sent[:100], 0), (sent[100:], 0))), replyTo(sent[1:-1])
         )
         self.assertNotIn(b"$", BODY_PATTERN)
 
     def test_tallies_of_processes_merge_and_give_percentiles(self) -> None:
         one = Tally(
-            rounds=3, bytes=42, elapsed=1.0, latency_us=Counter({100: 2, 300: 1})
+            rounds=3, bytes=42, elapsed=1.0, latencyMicros=Counter({100: 2, 300: 1})
         )
-        two = Tally(rounds=1, bytes=14, elapsed=1.2, latency_us=Counter({5000: 1}))
+        two = Tally(rounds=1, bytes=14, elapsed=1.2, latencyMicros=Counter({5000: 1}))
         merged = Tally.fromJSON(json.loads(json.dumps(one.toJSON()))).merge(two)
         self.assertEqual((merged.rounds, merged.bytes, merged.elapsed), (4, 56, 1.2))
-        self.assertEqual(merged.percentile_ms(0.5), 0.1)
-        self.assertEqual(merged.percentile_ms(0.99), 5.0)
-        self.assertIsNone(Tally().percentile_ms(0.5))
+        self.assertEqual(merged.percentileMs(0.5), 0.1)
+        self.assertEqual(merged.percentileMs(0.99), 5.0)
+        self.assertIsNone(Tally().percentileMs(0.5))

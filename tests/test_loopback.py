@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from caretproto import CaretFactory, tap
 from caretproto.service import CaretService
-from tests.model import reference_replies
+from tests.model import referenceReplies
 from tests.rawclient import RawClient, connect
 
 
@@ -63,7 +63,7 @@ class LoopbackTests(TestCase):
         yield client.sendInReads(reads)
         client.transport.loseWriteConnection()
         received = yield client.done
-        return received, b"*" + reference_replies(stream)
+        return received, b"*" + referenceReplies(stream)
 
     @inlineCallbacks
     def test_many_concurrent_clients_each_get_exactly_their_replies(self) -> Any:

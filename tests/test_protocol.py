@@ -14,8 +14,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from caretproto.rules import State
-from caretproto.server import CaretFactory, CaretProtocol, describe_address
-from tests.model import reference_replies
+from caretproto.server import CaretFactory, CaretProtocol, describeAddress
+from tests.model import referenceReplies
 from tests.strategies import streams_and_cuts
 
 PEER = IPv4Address("TCP", "192.0.2.7", 40123)
@@ -106,7 +106,7 @@ class ReplyTests(SynchronousTestCase):
         self, streamAndCut: tuple[bytes, list[bytes]]
     ) -> None:
         stream, reads = streamAndCut
-        self.assertEqual(self.replies(*reads), reference_replies(stream))
+        self.assertEqual(self.replies(*reads), referenceReplies(stream))
 
 
 class CountingTests(SynchronousTestCase):
@@ -206,15 +206,15 @@ class FlowControlTests(SynchronousTestCase):
 
 class DescribeAddressTests(SynchronousTestCase):
     def test_ipv4_is_host_colon_port(self) -> None:
-        self.assertEqual(describe_address(PEER), "192.0.2.7:40123")
+        self.assertEqual(describeAddress(PEER), "192.0.2.7:40123")
 
     def test_ipv6_host_is_bracketed(self) -> None:
         self.assertEqual(
-            describe_address(IPv6Address("TCP", "2001:db8::1", 9)), "[2001:db8::1]:9"
+            describeAddress(IPv6Address("TCP", "2001:db8::1", 9)), "[2001:db8::1]:9"
         )
 
     def test_unix_is_its_path_or_unix(self) -> None:
         self.assertEqual(
-            describe_address(UNIXAddress(b"/run/caret.sock")), "/run/caret.sock"
+            describeAddress(UNIXAddress(b"/run/caret.sock")), "/run/caret.sock"
         )
-        self.assertEqual(describe_address(UNIXAddress(None)), "unix")
+        self.assertEqual(describeAddress(UNIXAddress(None)), "unix")

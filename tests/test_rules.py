@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from caretproto.rules import GREETING, State, feed, reply_to
+from caretproto.rules import GREETING, State, feed, replyTo
 from tests.model import reference
 from tests.strategies import streams, streams_and_cuts
 
@@ -74,7 +74,7 @@ class RuleTests(SynchronousTestCase):
 
     def test_every_byte_value_but_dollar_has_its_successor(self) -> None:
         body = bytes(b for b in range(256) if b != 0x24)
-        self.assertEqual(reply_to(body), bytes((b + 1) % 256 for b in body))
+        self.assertEqual(replyTo(body), bytes((b + 1) % 256 for b in body))
 
     def test_a_message_may_span_reads(self) -> None:
         self.assertEqual(feedAll([b"^a", b"b", b"c$d"]), (State.WAIT_FOR_MSG, b"bcd"))

@@ -115,7 +115,7 @@ class PoolTests(SynchronousTestCase):
         self.pool = WorkerPool(
             2, ["worker", "--serve"], lambda: [7, 9], 30.0, reactor=self.reactor
         )
-        self.pool.log = Logger(observer=self.events.append)
+        self.pool._log = Logger(observer=self.events.append)
 
     def messages(self) -> list[str]:
         return [formatEvent(event) for event in self.events]
@@ -258,7 +258,7 @@ class RelayTests(SynchronousTestCase):
         self.reactor = ProcessReactor()
         self.events: list[LogEvent] = []
         self.pool = WorkerPool(1, ["worker"], lambda: [], 30.0, reactor=self.reactor)
-        self.pool.log = Logger(observer=self.events.append)
+        self.pool._log = Logger(observer=self.events.append)
         self.pool.startService()
         self.worker = self.reactor.spawned[0].protocol
         del self.events[:]
