@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import selectors
 import signal
 import socket
@@ -41,6 +40,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from caretproto.openfiles import raiseOpenFilesLimit
 from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed
 
 MiB = 1024 * 1024
@@ -370,8 +370,7 @@ def main() -> None:
     )
     arguments = parser.parse_args()
     SERVER_OPTIONS.extend(arguments.server_option)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raiseOpenFilesLimit(program="benchmarks/limits.py")
     results = {}
     if arguments.yardstick in ("flood", "all"):
         results["flood"] = flood(arguments.mib * MiB)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from twisted.python.failure import Failure
 
 from caretproto.bench import MODES, Connect, Load, Tally
 from caretproto.endpoints import resolve, tlsCreator
+from caretproto.openfiles import OpenFilesLimitError, raiseOpenFilesLimit
 
 PROGRESS_INTERVAL = 0.5
 """Seconds between updates of the live display and worker progress."""
@@ -537,20 +537,22 @@ async def run(reactor: Any, params: Params, display: Display | None = None) -> T
 
 
 def _raiseFileLimit() -> None:
-    """Thousands of connections need thousands of descriptors."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    """Thousands of connections need thousands of descriptors: as many as allowed."""
+    try:
+        raiseOpenFilesLimit(program="caret-bench")
+    except OpenFilesLimitError as error:
+        print(f"caret-bench: warning: {error}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The C{caret-bench} console script."""
     args = sys.argv[1:] if argv is None else list(argv)
-    _raiseFileLimit()
     if args[:1] == ["--worker"]:
         params = Params(**json.loads(args[1]))
+        _raiseFileLimit()
         react(lambda reactor: Deferred.fromCoroutine(worker(reactor, params)))
     params, printJSON = parseParams(args)
+    _raiseFileLimit()
     live = sys.stderr.isatty()
 
     async def bench(reactor: Any) -> None:

@@ -2,8 +2,9 @@
 What the server does about its file descriptors: every connection is one.
 
 L{OpenFilesLimit} raises the process's open-files soft limit to its hard
-limit at start-up, so that a server started from a shell with the common
-default of 1024 can still hold thousands of connections.  L{DescriptorShortage}
+limit at start-up (with L{caretproto.openfiles}), so that a server started
+from a shell with the common default of 1024 can still hold thousands of
+connections.  L{DescriptorShortage}
 is what a L{caretproto.service.CaretService} does when C{accept} fails for
 lack of descriptors (C{EMFILE}, C{ENFILE}): stop accepting, say so once, and
 accept again when a session ends or after C{retryDelay}.  The clients that
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import select
 import socket
 from collections.abc import Callable
@@ -32,26 +32,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.logger import Logger
 
+from caretproto.openfiles import raiseOpenFilesLimit
 from caretproto.server import Acceptor
 
 _log = Logger()
 
 SHORTAGE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE})
 """C{accept} errors that mean: no descriptor for a new connection."""
-
-
-def raiseOpenFilesLimit() -> tuple[int, int]:
-    """
-    Raise the open-files soft limit to the hard limit, if it is lower.
-
-    @return: the soft limit before and after.
-    @raise OSError: the system refused (an unlimited hard limit, say).
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        return soft, hard
-    return soft, soft
 
 
 class OpenFilesLimit(Service):
@@ -77,12 +64,8 @@ class OpenFilesLimit(Service):
         self.raised = True
         try:
             before, after = raiseOpenFilesLimit()
-        except (OSError, ValueError) as error:
-            _log.warn(
-                "open files limit left at {soft}: raising it failed ({error})",
-                soft=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-                error=error,
-            )
+        except OSError as error:
+            _log.warn("open files limit not raised: {error}", error=error)
             return
         if after > before:
             _log.info(

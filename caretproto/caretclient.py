@@ -15,9 +15,8 @@ options.  The session itself lives in L{caretproto.session}.
 
 from __future__ import annotations
 
-import resource
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 from twisted.internet import endpoints
@@ -35,6 +34,7 @@ from twisted.logger import (
 from twisted.python import usage
 
 from caretproto.endpoints import clientEndpoint
+from caretproto.openfiles import OpenFilesLimitError, raiseOpenFilesLimit
 from caretproto.session import (
     DEFAULT_TIMEOUT,
     ReferenceLogObserver,
@@ -134,36 +134,6 @@ class Options(usage.Options):
         self["port"] = int(port)
 
 
-class OpenFilesLimitError(Exception):
-    """The hard limit on open files is below what the connections need."""
-
-
-def raiseOpenFilesLimit(
-    needed: int,
-    getrlimit: Callable[[int], tuple[int, int]] = resource.getrlimit,
-    setrlimit: Callable[[int, tuple[int, int]], None] = resource.setrlimit,
-) -> int | None:
-    """
-    Make sure this process may open C{needed} files: raise the soft limit
-    (RLIMIT_NOFILE) to the hard limit if it is lower.
-
-    @return: the new soft limit if it was raised, else L{None}.
-    @raise OpenFilesLimitError: if even the hard limit is too low.
-    """
-    soft, hard = getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return None
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        raise OpenFilesLimitError(
-            f"{needed} open files are needed, but the hard limit on open files "
-            f"(RLIMIT_NOFILE) is {hard}: raise it (as root, 'ulimit -n {needed}' "
-            f"in the shell that runs {PROGRAM}, or 'nofile' in "
-            f"/etc/security/limits.conf) or use fewer connections"
-        )
-    setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
 def _endpoint(reactor: IReactorTime, options: Options) -> IStreamClientEndpoint:
     if options["endpoint"] is None:
         try:
@@ -226,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except usage.UsageError as error:
         _fail(f"{error}\nRun '{PROGRAM} --help' for the options.", 2)
     try:
-        raiseOpenFilesLimit(options["connections"] + SPARE_FILES)
+        raiseOpenFilesLimit(options["connections"] + SPARE_FILES, PROGRAM)
     except OpenFilesLimitError as error:
         _fail(f"-n {options['connections']}: {error}", 1)
     # Twisted's own errors (an unhandled one is a bug) still reach stderr,

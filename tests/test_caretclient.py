@@ -1,7 +1,7 @@
 """
-Tests for the C{caret-client} command: its options, the open-files limit,
-its exit status, and one real-time run of the reference session against a
-sequential and a concurrent C{twistd caret}.
+Tests for the C{caret-client} command: its options, its exit status, and
+one real-time run of the reference session against a sequential and a
+concurrent C{twistd caret}.
 """
 
 from __future__ import annotations
@@ -22,11 +22,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
-from caretproto.caretclient import (
-    OpenFilesLimitError,
-    Options,
-    raiseOpenFilesLimit,
-)
+from caretproto.caretclient import Options
 from tests.twistd import LOOPBACK, Twistd
 
 CLIENT = [sys.executable, "-m", "caretproto.caretclient"]
@@ -73,41 +69,6 @@ class OptionsTests(TestCase):
         ]:
             error = self.assertRaises(usage.UsageError, self.parse, *argv)
             self.assertIn(says, str(error), argv)
-
-
-class OpenFilesLimitTests(TestCase):
-    def limits(self, soft: int, hard: int) -> tuple[list, object, object]:
-        raised: list[tuple[int, int]] = []
-        return (
-            raised,
-            lambda which: (soft, hard),
-            lambda which, limits: raised.append(limits),
-        )
-
-    def test_a_soft_limit_high_enough_is_left_alone(self) -> None:
-        raised, get, set_ = self.limits(20000, 20000)
-        self.assertIsNone(raiseOpenFilesLimit(10064, get, set_))
-        self.assertEqual(raised, [])
-
-    def test_a_low_soft_limit_is_raised_to_the_hard_limit(self) -> None:
-        raised, get, set_ = self.limits(1024, 524288)
-        self.assertEqual(raiseOpenFilesLimit(10064, get, set_), 524288)
-        self.assertEqual(raised, [(524288, 524288)])
-
-    def test_an_unlimited_hard_limit_lets_the_soft_limit_be_raised(self) -> None:
-        raised, get, set_ = self.limits(1024, resource.RLIM_INFINITY)
-        raiseOpenFilesLimit(10064, get, set_)
-        self.assertEqual(raised, [(resource.RLIM_INFINITY, resource.RLIM_INFINITY)])
-
-    def test_a_hard_limit_too_low_fails_naming_the_limit_and_the_fix(self) -> None:
-        raised, get, set_ = self.limits(1024, 4096)
-        error = self.assertRaises(
-            OpenFilesLimitError, raiseOpenFilesLimit, 10064, get, set_
-        )
-        self.assertIn("RLIMIT_NOFILE", str(error))
-        self.assertIn("is 4096", str(error))
-        self.assertIn("ulimit -n 10064", str(error))
-        self.assertEqual(raised, [])
 
 
 class ExitStatusTests(TestCase):
