@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from caretproto.bench import MODES, Connect, Load, Tally
 from caretproto.endpoints import resolve, tlsCreator
 from caretproto.openfiles import OpenFilesLimitError, raiseOpenFilesLimit
+from caretproto.optionchecks import positive, tcpPort
 
 PROGRESS_INTERVAL = 0.5
 """Seconds between updates of the live display and worker progress."""
@@ -66,30 +67,6 @@ class Params:
         ]
 
 
-def _positive(name: str, example: str, convert: Callable[[str], Any] = int) -> Any:
-    """An argparse type: a positive number, or an error showing C{example}."""
-
-    def check(value: str) -> Any:
-        try:
-            number = convert(value)
-        except ValueError:
-            number = -1
-        if not number > 0:
-            raise argparse.ArgumentTypeError(
-                f"takes a positive number, like --{name} {example}; got {value!r}"
-            )
-        return number
-
-    check.__name__ = name
-    return check
-
-
-def _port(value: str) -> int:
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise argparse.ArgumentTypeError(f"a TCP port number, like 9090; got {value!r}")
-    return int(value)
-
-
 def parser() -> argparse.ArgumentParser:
     """The options of C{caret-bench}."""
     parse = argparse.ArgumentParser(
@@ -110,14 +87,14 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     parse.add_argument("host", metavar="HOST", help="The server's name or address.")
-    parse.add_argument("port", metavar="PORT", type=_port, help="Its TCP port.")
+    parse.add_argument("port", metavar="PORT", type=tcpPort, help="Its TCP port.")
     parse.add_argument(
         "-m", "--mode", choices=MODES, default="rr", help="What to run (default rr)."
     )
     parse.add_argument(
         "-c",
         "--connections",
-        type=_positive("connections", "100"),
+        type=positive("connections", "100"),
         default=1,
         metavar="N",
         help="Connections, spread over the processes (default 1).",
@@ -125,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument(
         "-s",
         "--size",
-        type=_positive("size", "16"),
+        type=positive("size", "16"),
         default=16,
         metavar="BYTES",
         help="Bytes of each rr/hold message on the wire, ^ and $ included, at "
@@ -134,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument(
         "-d",
         "--duration",
-        type=_positive("duration", "10", float),
+        type=positive("duration", "10", float),
         default=10.0,
         metavar="SECONDS",
         help="Seconds to measure (rr, bulk) or to hold (hold); sessions ignore "
@@ -143,14 +120,14 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument(
         "-P",
         "--processes",
-        type=_positive("processes", "2"),
+        type=positive("processes", "2"),
         default=1,
         metavar="N",
         help="Client processes to spread the connections over (default 1).",
     )
     parse.add_argument(
         "--greeting-timeout",
-        type=_positive("greeting-timeout", "10", float),
+        type=positive("greeting-timeout", "10", float),
         default=10.0,
         metavar="SECONDS",
         help="rr, bulk, hold: seconds to wait for every connection's greeting; "

@@ -35,13 +35,13 @@ from twisted.python import usage
 
 from caretproto.endpoints import clientEndpoint
 from caretproto.openfiles import OpenFilesLimitError, raiseOpenFilesLimit
+from caretproto.optionchecks import positive, tcpPort
 from caretproto.session import (
     DEFAULT_TIMEOUT,
     ReferenceLogObserver,
     Report,
     runSessions,
 )
-from caretproto.tap import positive
 
 PROGRAM = "caret-client"
 
@@ -126,12 +126,8 @@ class Options(usage.Options):
                 f"got {' '.join(server) or 'neither'}"
             )
         host, port = server
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise usage.UsageError(
-                f"PORT must be a TCP port number, like 9090; got {port!r}"
-            )
         self["host"] = host
-        self["port"] = int(port)
+        self["port"] = tcpPort(port)
 
 
 def _endpoint(reactor: IReactorTime, options: Options) -> IStreamClientEndpoint:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from caretproto import proxy
 from caretproto.capacity import OpenFilesLimit
+from caretproto.optionchecks import positive
 from caretproto.server import CaretFactory
 from caretproto.service import CaretService
 from caretproto.workers import (
@@ -73,30 +74,6 @@ def endpointDescription(port: str, backlog: int = DEFAULT_BACKLOG) -> str:
     if kind in _BACKLOG_TYPES and "backlog=" not in port:
         return f"{port}:backlog={backlog}"
     return port
-
-
-def positive(
-    name: str, example: str, convert: Callable[[str], float] = int
-) -> Callable[[str], float]:
-    """
-    A coerce function for the option C{--name}: a positive number, or a usage
-    error that names the option and shows C{example}.
-    """
-
-    def check(value: str) -> float:
-        try:
-            number = convert(value)
-        except ValueError:
-            number = -1
-        if not number > 0:
-            raise usage.UsageError(
-                f"--{name} takes a positive number, like --{name} {example}; "
-                f"got {value!r}"
-            )
-        return number
-
-    check.coerceDoc = f"A positive number, like {example}."  # type: ignore[attr-defined]
-    return check
 
 
 def workerCount(value: str) -> int:
