@@ -55,8 +55,8 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from caretproto.logrelay import REPORT
 from caretproto.server import CaretFactory, CaretProtocol
-from caretproto.workers import REPORT
 
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 """
@@ -281,7 +281,7 @@ class MetricsReporter(Service):
     """
     In a worker: report the metrics of C{metrics} to the parent every
     L{REPORT_INTERVAL} seconds, as a log event with a
-    L{caretproto.workers.REPORT} field, and once more when the worker has
+    L{caretproto.logrelay.REPORT} field, and once more when the worker has
     drained its sessions.
     """
 

@@ -23,13 +23,12 @@ from caretproto.capacity import OpenFilesLimit
 from caretproto.optionchecks import positive
 from caretproto.server import CaretFactory
 from caretproto.service import CaretService
-from caretproto.workers import (
+from caretproto.workers import WorkerPool, workerCommand
+from caretproto.workerside import (
     ADOPTABLE,
     ParentLink,
-    WorkerPool,
     adoptable,
     inheritedEndpoint,
-    workerCommand,
 )
 
 DEFAULT_PORT = "9090"

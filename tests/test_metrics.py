@@ -25,6 +25,7 @@ from twisted.web.client import Agent, ResponseDone
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
+from caretproto.logrelay import REPORT
 from caretproto.metrics import (
     DURATION_BUCKETS,
     REPORT_INTERVAL,
@@ -35,7 +36,6 @@ from caretproto.metrics import (
 )
 from caretproto.server import CaretFactory, CaretProtocol
 from caretproto.tap import Options, makeService
-from caretproto.workers import REPORT
 from tests.tempfolder import shortTempPath
 from tests.twistd import LOOPBACK, WORKER_LISTENING, WORKER_SERVED, Twistd
 from tests.workedexample import (

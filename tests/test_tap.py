@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from caretproto import tap
 from caretproto.service import CaretService
-from caretproto.workers import ParentLink, WorkerPool
+from caretproto.workers import WorkerPool
+from caretproto.workerside import ParentLink
 
 REPO = Path(__file__).resolve().parent.parent
 

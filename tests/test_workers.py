@@ -34,17 +34,11 @@ from twisted.protocols.wire import Echo
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from caretproto.logrelay import REPORT
 from caretproto.server import CaretFactory
 from caretproto.service import CaretService
-from caretproto.workers import (
-    REPORT,
-    ParentLink,
-    WorkerPool,
-    adoptable,
-    describeExit,
-    inheritedEndpoint,
-    workerCommand,
-)
+from caretproto.workers import WorkerPool, describeExit, workerCommand
+from caretproto.workerside import ParentLink, adoptable, inheritedEndpoint
 from tests.rawclient import RawClient, connect
 from tests.tempfolder import shortTempPath
 
