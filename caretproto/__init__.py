@@ -6,6 +6,21 @@ The rules live in L{caretproto.rules}; L{CaretProtocol} and L{CaretFactory} are
 the server; L{caretproto.tap} is the twistd plugin's command.
 """
 
-from caretproto.server import CaretFactory, CaretProtocol
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from caretproto.server import CaretFactory, CaretProtocol
 
 __all__ = ["CaretFactory", "CaretProtocol"]
+
+
+def __getattr__(name: str) -> Any:
+    # The server is imported when asked for, not with the package: the
+    # client and the load generator import caretproto.* without loading it.
+    if name in __all__:
+        from caretproto import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,8 +42,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from caretproto.reference import REFERENCE_SCRIPT, Script, expectedReplies
 from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed, replyTo
-from caretproto.session import REFERENCE_SCRIPT, Script, expectedReplies
 
 MODES = ("rr", "bulk", "hold", "sessions")
 
@@ -403,7 +403,7 @@ class Load:
     """
     One process's share of a run: C{connections} connections of C{mode}.
     C{script} is the session that C{sessions} runs (the reference session of
-    L{caretproto.session}, unless a test wants it shorter).
+    L{caretproto.reference}, unless a test wants it shorter).
 
     Call L{connect}, then L{start} once it has fired; L{start} fires with the
     L{Tally} when every connection is closed.

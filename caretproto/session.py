@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO, TypeVar, cast
 
@@ -40,32 +39,9 @@ from caretproto.client import (
     GreetingError,
     connectEndpoint,
 )
-from caretproto.rules import State, feed
-
-Script = Sequence[tuple[bytes, float]]
-
-REFERENCE_SCRIPT: Script = (
-    (b"^abc$de^abte$f", 1.0),
-    (b"xyz^123", 1.0),
-    (b"25$^ab0000$abab", 0.2),
-)
-"""
-The buffers the reference client sends, each with the pause after it.  The
-C{0000} in the last is answered C{1111}: a reader that has seen it knows all
-replies have arrived.
-"""
+from caretproto.reference import REFERENCE_SCRIPT, Script, expectedReplies
 
 DEFAULT_TIMEOUT = 60.0
-
-
-def expectedReplies(script: Script) -> bytes:
-    """Every reply byte a caret server sends for C{script}, in order."""
-    state = State.WAIT_FOR_MSG
-    replies = []
-    for data, _ in script:
-        state, reply, _ = feed(state, data)
-        replies.append(reply)
-    return b"".join(replies)
 
 
 @dataclass

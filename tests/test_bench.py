@@ -25,9 +25,9 @@ from caretproto.bench import (
     message,
 )
 from caretproto.benchrun import Params, connector, parseParams, run
+from caretproto.reference import REFERENCE_SCRIPT, expectedReplies
 from caretproto.rules import replyTo
 from caretproto.server import CaretFactory, CaretProtocol
-from caretproto.session import REFERENCE_SCRIPT, expectedReplies
 
 SHORT_SCRIPT = tuple((sent, 0.01) for sent, _ in REFERENCE_SCRIPT)
 """The reference session with its waits cut to 10 ms."""

@@ -27,7 +27,8 @@ from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from caretproto.session import REFERENCE_SCRIPT, expectedReplies, runSessions
+from caretproto.reference import REFERENCE_SCRIPT, expectedReplies
+from caretproto.session import runSessions
 from tests.rawclient import connect
 from tests.tempfolder import shortTempPath
 from tests.twistd import Twistd

@@ -17,12 +17,11 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from caretproto.reference import REFERENCE_SCRIPT, expectedReplies
 from caretproto.server import CaretFactory
 from caretproto.session import (
-    REFERENCE_SCRIPT,
     Outcome,
     Report,
-    expectedReplies,
     formatReferenceLine,
     runSessions,
 )

@@ -17,7 +17,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
-from caretproto.session import REFERENCE_SCRIPT, runSessions
+from caretproto.reference import REFERENCE_SCRIPT
+from caretproto.session import runSessions
 from tests.rawclient import connect
 from tests.tempfolder import shortTempPath
 from tests.twistd import LOOPBACK, TWIST, WORKER_LISTENING, WORKER_SERVED, Twistd

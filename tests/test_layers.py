@@ -1,0 +1,65 @@
+"""
+The dependencies point down: the command-line tools load the library they
+use, never the server's command module or what only the server needs.
+Each import runs in a fresh interpreter, so that what this test process has
+already imported cannot hide a dependency.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from twisted.trial.unittest import TestCase
+
+SERVER_ONLY = {
+    "caretproto.tap",
+    "caretproto.workers",
+    "caretproto.workerside",
+    "caretproto.proxy",
+    "caretproto.service",
+    "caretproto.capacity",
+    "caretproto.metrics",
+}
+
+
+def loadedBy(module: str) -> set[str]:
+    """The modules of caretproto that importing C{module} loads."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, {module}; print(*sorted(sys.modules), sep=chr(10))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return {name for name in result.stdout.split() if name.startswith("caretproto")}
+
+
+class LayerTests(TestCase):
+    def test_caret_client_loads_none_of_the_server(self) -> None:
+        loaded = loadedBy("caretproto.caretclient")
+        self.assertEqual(loaded & (SERVER_ONLY | {"caretproto.server"}), set())
+
+    def test_caret_bench_loads_none_of_the_server(self) -> None:
+        loaded = loadedBy("caretproto.benchrun")
+        self.assertEqual(
+            loaded & (SERVER_ONLY | {"caretproto.server", "caretproto.session"}),
+            set(),
+        )
+
+    def test_the_metrics_do_not_load_the_worker_pool(self) -> None:
+        loaded = loadedBy("caretproto.metrics")
+        self.assertEqual(
+            loaded & {"caretproto.workers", "caretproto.workerside"}, set()
+        )
+
+    def test_the_package_still_offers_the_server_classes(self) -> None:
+        import caretproto
+        from caretproto.server import CaretFactory, CaretProtocol
+
+        self.assertIs(caretproto.CaretFactory, CaretFactory)
+        self.assertIs(caretproto.CaretProtocol, CaretProtocol)
