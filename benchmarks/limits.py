@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import selectors
 import signal
 import socket
@@ -40,6 +39,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from caretproto.listening import waitForListening
 from caretproto.openfiles import raiseOpenFilesLimit
 from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed
 
@@ -104,21 +104,16 @@ def server(*options: str) -> Iterator[Server]:
 
 
 def _waitForPort(process: subprocess.Popen[bytes], logPath: str) -> int:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"twistd exited with {process.returncode}")
-        if os.path.exists(logPath):
-            with open(logPath) as log:
-                found = re.search(r"caret listening on 127\.0\.0\.1:(\d+)", log.read())
-            if found:
-                port = int(found.group(1))
-                # Listening comes before the reactor runs: wait for a greeting.
-                with socket.create_connection(("127.0.0.1", port)) as probe:
-                    if probe.recv(1) == GREETING:
-                        return port
-        time.sleep(0.05)
-    raise SystemExit("twistd did not start listening within 30s")
+    try:
+        [listening, *_] = waitForListening(logPath, process)
+    except RuntimeError as error:
+        raise SystemExit(str(error)) from None
+    assert listening.port is not None
+    # Listening comes before the reactor runs: wait for a greeting.
+    with socket.create_connection(("127.0.0.1", listening.port)) as probe:
+        if probe.recv(1) != GREETING:
+            raise SystemExit("twistd listens but does not greet")
+    return listening.port
 
 
 def mib(size: float) -> str:

@@ -20,7 +20,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+from caretproto.listening import waitForListening
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 CLIENT = [sys.executable, "-m", "caretproto.caretclient"]
@@ -35,16 +36,13 @@ def startServer(extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server.poll() is None:
-        with open(log.name, "rb") as output:
-            listening = re.search(rb"caret listening on \S+:(\d+)", output.read())
-        if listening:
-            return server, int(listening[1])
-        time.sleep(0.1)
-    server.kill()
-    with open(log.name) as output:
-        raise SystemExit(f"twistd caret did not start:\n{output.read()}")
+    try:
+        [listening, *_] = waitForListening(log.name, server)
+    except RuntimeError as error:
+        server.kill()
+        raise SystemExit(f"twistd caret did not start: {error}") from None
+    assert listening.port is not None
+    return server, listening.port
 
 
 def main() -> None:

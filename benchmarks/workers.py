@@ -33,7 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-LISTENING = re.compile(r"caret listening on 127\.0\.0\.1:(\d+)")
+from caretproto.listening import waitForListening
+
 CONNECTED = re.compile(
     r"\[worker (\d+) pid \d+ caretproto\.server\.CaretProtocol#info\] \S+ connected"
 )
@@ -61,15 +62,11 @@ class Server:
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
+        # The parent says it listens, then each worker does.
         expected = 1 if workers == 1 else 1 + workers
-        while time.monotonic() < deadline:
-            found = LISTENING.findall(self.log.read_text())
-            if len(found) >= expected:
-                self.port = int(found[0])
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not start: {self.log.read_text()}")
+        [first, *_] = waitForListening(self.log, self.process, expected)
+        assert first.port is not None
+        self.port = first.port
 
     def logSize(self) -> int:
         return self.log.stat().st_size

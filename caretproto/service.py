@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from caretproto.capacity import DescriptorShortage, guardListener
+from caretproto.listening import LISTENING
 from caretproto.server import CaretFactory, describeAddress
 
 
@@ -95,9 +96,7 @@ class CaretService(Service):
     def _gotPorts(self, ports: list[IListeningPort]) -> list[IListeningPort]:
         self.ports = ports
         for port in ports:
-            self._log.info(
-                "caret listening on {address}", address=describeAddress(port.getHost())
-            )
+            self._log.info(LISTENING, address=describeAddress(port.getHost()))
             guardListener(port, self.shortage)
             if self._acceptPausedFor:
                 _acceptor(port).stopReading()

@@ -24,6 +24,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from caretproto.listening import LISTENING, listeningIn
 from caretproto.rules import GREETING
 from tests.rawclient import connect
 from tests.tempfolder import tempFolder
@@ -33,10 +34,9 @@ TWIST = str(Path(sys.executable).parent / "twist")
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 """C{--port} for an ephemeral port on loopback."""
 
-LISTENING = re.compile(r"caret listening on (\S+):(\d+)")
 WORKER_LISTENING = (
     r"\[worker (\d+) pid (\d+) caretproto\.service\.CaretService#info\] "
-    r"caret listening on"
+    + re.escape(LISTENING.format(address=""))
 )
 """A worker of C{--workers} listening: its number and pid."""
 WORKER_SERVED = (
@@ -58,9 +58,9 @@ class Twistd(ProcessProtocol):
     A running child process whose standard output and error are its log.
 
     @ivar output: its log, in whole lines, as far as it has come.
-    @ivar listening: fires with every address (C{"host:port"}) that the log
-        says caret listens on, as soon as it says so; fails if the process
-        ends first.
+    @ivar listening: fires with every IP address (C{"host:port"}) that the
+        log says caret listens on (L{caretproto.listening.listeningIn}), as
+        soon as it says so; fails if the process ends first.
     @ivar ended: fires with the exit status as L{subprocess} gives it: the
         exit code, or minus the number of the signal that ended it.  twistd
         stopped by a signal ends by that signal, as Unix programs do.
@@ -90,7 +90,11 @@ class Twistd(ProcessProtocol):
     def _logged(self, text: str) -> None:
         self.output += text
         if not self.listening.called:
-            found = [f"{host}:{port}" for host, port in LISTENING.findall(self.output)]
+            found = [
+                port.address
+                for port in listeningIn(self.output)
+                if port.port is not None
+            ]
             if found:
                 self.listening.callback(found)
         waiting, self._waiting = self._waiting, []
@@ -136,8 +140,14 @@ class Twistd(ProcessProtocol):
         listens before its reactor runs and installs its handlers for
         SIGTERM and SIGINT, and a greeting shows that it runs.
         """
-        [first, *_] = await self.logged(r"caret listening on 127\.0\.0\.1:(\d+)")
-        port = int(first.group(1))
+        await self.listening
+        [port, *_] = [
+            listening.port
+            for listening in listeningIn(self.output)
+            if listening.host == "127.0.0.1" and listening.port is not None
+        ] or [None]
+        if port is None:
+            raise AssertionError(f"not listening on 127.0.0.1:\n{self.output}")
         probe = await connect(port)
         await probe.receivedAtLeast(len(GREETING))
         probe.transport.loseConnection()  # type: ignore[union-attr]
