@@ -13,6 +13,7 @@ runs it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -437,7 +438,7 @@ class Display:
 
 
 class LiveDisplay(Display):
-    """A live line of figures on a terminal, with rich."""
+    """A live line of figures on a terminal, with rich (the C{live} extra)."""
 
     def __init__(self, console: Any = None) -> None:
         from rich.console import Console
@@ -521,6 +522,21 @@ def _raiseFileLimit() -> None:
         print(f"caret-bench: warning: {error}", file=sys.stderr)
 
 
+def _canShowLive() -> bool:
+    """
+    Whether rich, the live display's one dependency (the C{live} extra), is
+    installed; if not, say in one line what to install.  The run goes on
+    without the display either way.
+    """
+    if importlib.util.find_spec("rich") is not None:
+        return True
+    print(
+        "caret-bench: no live display without rich: pip install 'caretproto[live]'",
+        file=sys.stderr,
+    )
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The C{caret-bench} console script."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -530,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         react(lambda reactor: Deferred.fromCoroutine(worker(reactor, params)))
     params, printJSON = parseParams(args)
     _raiseFileLimit()
-    live = sys.stderr.isatty()
+    live = sys.stderr.isatty() and _canShowLive()
 
     async def bench(reactor: Any) -> None:
         tally = await run(reactor, params, LiveDisplay() if live else None)

@@ -6,6 +6,9 @@ fraction of a second; nothing here asserts a speed.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import sys
@@ -18,6 +21,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from caretproto import benchrun
 from caretproto.bench import (
     BODY_PATTERN,
     Load,
@@ -280,6 +284,22 @@ class DisplayTests(ServerMixin, TestCase):
         shown = screen.getvalue()
         self.assertIn("rounds/s", shown)
         self.assertIn("rr", shown)
+
+
+class WithoutRichTests(TestCase):
+    def test_without_rich_one_line_says_what_to_install(self) -> None:
+        self.patch(importlib.util, "find_spec", lambda name: None)
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            self.assertFalse(benchrun._canShowLive())
+        self.assertEqual(
+            stderr.getvalue(),
+            "caret-bench: no live display without rich: "
+            "pip install 'caretproto[live]'\n",
+        )
+
+    def test_with_rich_the_live_display_is_shown(self) -> None:
+        self.assertTrue(benchrun._canShowLive())
 
 
 class RulesUseTests(TestCase):
