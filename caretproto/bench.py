@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import NotConnectingError
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -183,14 +184,14 @@ class _Connection(Protocol):
         self.load.connectionMade(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.isReady:
+            self.replyReceived(data)
+            return
         # The client sends nothing before the greeting, so the first read
         # must be exactly the greeting.
         if data != GREETING:
             self.fail(f"expected the greeting {GREETING!r}, got {data[:40]!r}")
             return
-        # From now on reads go straight to the mode's handler: no per-read
-        # test of whether the greeting has been seen.
-        self.dataReceived = self.replyReceived  # type: ignore[method-assign]
         self.load.greeted(self)
 
     def replyReceived(self, data: bytes) -> None:
@@ -514,8 +515,12 @@ class Load:
             for _ in range(neverTried):
                 self.error(f"{reason} (not tried)")
         for connector in self._connectors:
-            if connector.state == "connecting":
+            try:
                 connector.stopConnecting()
+            except NotConnectingError:
+                # Connected already (or failed): the connection is failed
+                # below, if it was not greeted.
+                pass
         for connection in list(self.open):
             if not connection.isReady:
                 connection.fail(reason)
