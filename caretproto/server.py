@@ -350,7 +350,13 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
         self.waiting: deque[CaretProtocol] = deque()
         self.acceptor: Acceptor | None = None
         self.connectionsByPeer: Counter[str] = Counter()
-        self._refusals = _PerPeerRefusals(self)
+        self._refusals = RefusalLog(
+            clock,
+            "{host} is at the per-peer limit of {limit} sessions: refusing "
+            "its further connections",
+            "{host}: refused {count} connections over the per-peer limit "
+            "of {limit} in {duration:.1f}s",
+        )
         self.endObservers: list[Callable[[CaretProtocol], object]] = []
         self._idleWaiters: list[Deferred[None]] = []
         self._endWaiters: list[Deferred[None]] = []
@@ -366,7 +372,7 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
         if self.maxPerPeer is None or host is None:
             return True
         if self.connectionsByPeer[host] >= self.maxPerPeer:
-            self._refusals.refused(host)
+            self._refusals.refused(host, limit=self.maxPerPeer)
             return False
         self.connectionsByPeer[host] += 1
         return True
@@ -475,49 +481,54 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
         return "caret"
 
 
-class _PerPeerRefusals:
+class RefusalLog:
     """
-    The log of connections refused by the per-peer limit: one line when a
-    host's burst of refused connections begins, and one that counts them when
-    it ends, after C{quiet} seconds without a refusal.  A client that retries
+    The log of connections refused for one reason: one line when a host's
+    burst of refused connections begins, and one that counts them when it
+    ends, after C{quiet} seconds without a refusal.  A client that retries
     in a loop would otherwise write a line per attempt.
+
+    @ivar began: the format of the first line of a burst; its fields are
+        C{host} and those given to L{refused}.
+    @ivar ended: the format of the closing line, logged only if the burst
+        held more than one refusal; its fields are those of C{began} and
+        C{count} and C{duration}.
     """
 
     quiet = 5.0
     _log = Logger()
 
-    def __init__(self, factory: CaretFactory) -> None:
-        self.factory = factory
+    def __init__(self, clock: IReactorTime, began: str, ended: str) -> None:
+        self.clock = clock
+        self.began = began
+        self.ended = ended
         self._bursts: dict[str, _Burst] = {}
 
-    def refused(self, host: str) -> None:
-        """A connection from C{host} was refused."""
-        now = self.factory.clock.seconds()
+    def refused(self, host: str, **fields: object) -> None:
+        """
+        A connection from C{host} was refused; C{fields} go into the log
+        event, the first of its burst's only.
+        """
+        now = self.clock.seconds()
         burst = self._bursts.get(host)
         if burst is not None:
             burst.count += 1
             burst.last = now
             burst.quietCall.reset(self.quiet)
             return
-        self._log.warn(
-            "{host} is at the per-peer limit of {limit} sessions: refusing "
-            "its further connections",
-            host=host,
-            limit=self.factory.maxPerPeer,
-        )
-        quietCall = self.factory.clock.callLater(self.quiet, self._burstEnded, host)
-        self._bursts[host] = _Burst(now, quietCall)
+        self._log.warn(self.began, host=host, **fields)
+        quietCall = self.clock.callLater(self.quiet, self._burstEnded, host)
+        self._bursts[host] = _Burst(now, quietCall, fields)
 
     def _burstEnded(self, host: str) -> None:
         burst = self._bursts.pop(host)
         if burst.count > 1:
             self._log.warn(
-                "{host}: refused {count} connections over the per-peer limit "
-                "of {limit} in {duration:.1f}s",
+                self.ended,
                 host=host,
                 count=burst.count,
-                limit=self.factory.maxPerPeer,
                 duration=burst.last - burst.began,
+                **burst.fields,
             )
 
     def flush(self) -> None:
@@ -530,7 +541,10 @@ class _PerPeerRefusals:
 class _Burst:
     """Refusals for one host, close together."""
 
-    def __init__(self, began: float, quietCall: IDelayedCall) -> None:
+    def __init__(
+        self, began: float, quietCall: IDelayedCall, fields: dict[str, object]
+    ) -> None:
         self.began = self.last = began
         self.quietCall = quietCall
+        self.fields = fields
         self.count = 1

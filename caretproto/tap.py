@@ -18,7 +18,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
-from caretproto import proxy
+from caretproto import proxy as proxies
 from caretproto.capacity import OpenFilesLimit
 from caretproto.optionchecks import positive
 from caretproto.server import CaretFactory
@@ -46,6 +46,8 @@ ENDPOINT_EXAMPLES = (
     "ssl:9443:privateKey=key.pem:certKey=cert.pem, haproxy:tcp:9090, "
     "systemd:domain=INET:index=0"
 )
+
+TRUSTED_PROXY_EXAMPLES = "10.0.0.5, 10.0.0.0/8, 127.0.0.1, ::1, fd00::/8, any"
 
 METRICS_EXAMPLES = "9100, tcp:9100:interface=127.0.0.1, unix:/run/caret-metrics.sock"
 
@@ -186,6 +188,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["port"] = []
+        self["trusted-proxy"] = []
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         # Kept for --workers, whose workers run with the same options.
@@ -208,9 +211,37 @@ class Options(usage.Options):
 
     opt_p = opt_port
 
+    def opt_trusted_proxy(self, proxy: str) -> None:
+        """
+        Believe the PROXY protocol header of connections to a haproxy:
+        endpoint from this address or network (CIDR), IPv4 or IPv6, or from
+        anyone with "any"; connections from elsewhere are closed unread.
+        May be given more than once; required with a haproxy: endpoint
+        that is not a UNIX socket.  [default: none trusted]
+        Examples: 10.0.0.5, 10.0.0.0/8, 127.0.0.1, ::1, fd00::/8, any
+        """
+        try:
+            proxies.TrustedProxies.fromStrings([proxy])
+        except ValueError:
+            raise usage.UsageError(
+                f"--trusted-proxy takes an IP address, a network in CIDR form "
+                f"or any, like {TRUSTED_PROXY_EXAMPLES}; got {proxy!r}"
+            ) from None
+        self["trusted-proxy"].append(proxy)
+
     def postOptions(self) -> None:
         if not self["port"]:
             self["port"] = [DEFAULT_PORT]
+        self["trusted"] = proxies.TrustedProxies.fromStrings(self["trusted-proxy"])
+        untrusting = [p for p in self["port"] if proxies.needsTrustedProxies(p)]
+        if untrusting and not self["trusted-proxy"]:
+            raise usage.UsageError(
+                f"--port {untrusting[0]!r} believes the PROXY protocol header "
+                f"of whoever connects, which names any client it likes: say "
+                f"whose to believe with --trusted-proxy, like "
+                f"--trusted-proxy 127.0.0.1 for a balancer on this machine "
+                f"(accepted forms: {TRUSTED_PROXY_EXAMPLES})"
+            )
         inherited = self["worker-fds"]
         if inherited is None:
             inherited = [None] * len(self["port"])
@@ -244,8 +275,12 @@ class Options(usage.Options):
             )
         try:
             if inherited is None:
-                return proxy.serverFromString(reactor, description)
-            return inheritedEndpoint(reactor, description, inherited, self["backlog"])
+                return proxies.serverFromString(
+                    reactor, description, trusted=self["trusted"]
+                )
+            return inheritedEndpoint(
+                reactor, description, inherited, self["backlog"], self["trusted"]
+            )
         except Exception as error:
             raise usage.UsageError(
                 f"--port {port!r} is not a usable endpoint ({error}); "

@@ -178,13 +178,18 @@ class _Inherited:
 
 
 def inheritedEndpoint(
-    reactor: Any, description: str, fd: int, backlog: int
+    reactor: Any,
+    description: str,
+    fd: int,
+    backlog: int,
+    trusted: proxy.TrustedProxies | None = None,
 ) -> IStreamServerEndpoint:
     """
     The endpoint on which a worker serves C{description}: the listening
     socket the parent bound for it, inherited as C{fd}, with whatever the
     description puts in front (TLS for C{ssl:}, the PROXY protocol for
-    C{haproxy:}), done by the description's own endpoint.
+    C{haproxy:}, believing C{trusted} peers), done by the description's own
+    endpoint.
     """
     adopting = _AdoptingReactor(reactor, fd, backlog)
 
@@ -195,7 +200,7 @@ def inheritedEndpoint(
             return _Inherited(adopting)
         return endpoints.serverFromString(adopting, wrapped)
 
-    return proxy.serverFromString(adopting, description, parse)
+    return proxy.serverFromString(adopting, description, parse, trusted)
 
 
 @implementer(IReadDescriptor)

@@ -100,7 +100,14 @@ class HAProxyTests(TestCase):
         self,
     ) -> Any:
         servers = [
-            Twistd.start(self, "caret", "--port", "haproxy:tcp:0:interface=127.0.0.1")
+            Twistd.start(
+                self,
+                "caret",
+                "--port",
+                "haproxy:tcp:0:interface=127.0.0.1",
+                "--trusted-proxy",
+                "127.0.0.1",
+            )
             for _ in range(2)
         ]
         addresses = yield gatherResults([server.listening for server in servers])

@@ -19,7 +19,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from caretproto import tap
-from caretproto.proxy import ProxyProtocolEndpoint, ProxyProtocolFactory
+from caretproto.proxy import (
+    ProxyProtocolEndpoint,
+    ProxyProtocolFactory,
+    TrustedProxies,
+)
 from caretproto.server import CaretFactory, CaretProtocol
 from caretproto.service import CaretService
 from tests.rawclient import connect
@@ -49,7 +53,12 @@ class HeaderFirstTests(SynchronousTestCase):
     def connect(self) -> tuple[ProtocolWrapper, StringTransport, CaretFactory]:
         self.clock = Clock()
         caret = CaretFactory()
-        factory = ProxyProtocolFactory(caret, clock=self.clock, headerTimeout=10)
+        factory = ProxyProtocolFactory(
+            caret,
+            clock=self.clock,
+            headerTimeout=10,
+            trusted=TrustedProxies.fromStrings(["10.0.0.0/24"]),
+        )
         wrapper = factory.buildProtocol(BALANCER)
         assert isinstance(wrapper, ProtocolWrapper)
         transport = StringTransport(peerAddress=BALANCER)
@@ -155,7 +164,14 @@ class EndpointTests(SynchronousTestCase):
     ) -> None:
         options = tap.Options()
         options.parseOptions(
-            ["--port", "haproxy:tcp:9090", "--port", "haproxy:unix:/tmp/c.sock"]
+            [
+                "--port",
+                "haproxy:tcp:9090",
+                "--port",
+                "haproxy:unix:/tmp/c.sock",
+                "--trusted-proxy",
+                "10.0.0.5",
+            ]
         )
         tcp, unix = options["endpoints"]
         self.assertIsInstance(tcp, ProxyProtocolEndpoint)
@@ -172,7 +188,16 @@ class LoopbackTests(TestCase):
     ) -> Any:
         events = logged(self)
         options = tap.Options()
-        options.parseOptions(["--port", "haproxy:tcp:0:interface=127.0.0.1"])
+        options.parseOptions(
+            [
+                "--port",
+                "haproxy:tcp:0:interface=127.0.0.1",
+                "--trusted-proxy",
+                "::1",
+                "--trusted-proxy",
+                "127.0.0.1",
+            ]
+        )
         top = tap.makeService(options)
         top.startService()
         self.addCleanup(top.stopService)

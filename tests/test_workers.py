@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from caretproto.logrelay import REPORT
+from caretproto.proxy import TrustedProxies
 from caretproto.server import CaretFactory
 from caretproto.service import CaretService
 from caretproto.workers import WorkerPool, describeExit, workerCommand
@@ -374,9 +375,13 @@ class InheritedEndpointTests(TestCase):
 
     @inlineCallbacks
     def listen(
-        self, description: str, parent: Parent, factory: Factory | None = None
+        self,
+        description: str,
+        parent: Parent,
+        factory: Factory | None = None,
+        trusted: TrustedProxies | None = None,
     ) -> Any:
-        endpoint = inheritedEndpoint(reactor, description, parent.fd, 50)
+        endpoint = inheritedEndpoint(reactor, description, parent.fd, 50, trusted)
         port = yield endpoint.listen(factory or CaretFactory())
         self.addCleanup(port.stopListening)
         return port
@@ -418,7 +423,8 @@ class InheritedEndpointTests(TestCase):
         self,
     ) -> Any:
         parent = self.parentTCP()
-        yield self.listen("haproxy:tcp:1", parent)
+        trusted = TrustedProxies.fromStrings(["127.0.0.1"])
+        yield self.listen("haproxy:tcp:1", parent, trusted=trusted)
         client = yield connect(parent.port)
         client.transport.write(b"PROXY TCP4 203.0.113.7 10.0.0.9 4242 9090\r\n^a$")
         client.transport.loseWriteConnection()
