@@ -54,6 +54,36 @@ def positive(
     return check
 
 
+OFF = "off"
+"""The value that turns a limit off: C{--idle-timeout off}."""
+
+
+def positiveOrOff(
+    name: str, example: str, convert: Callable[[str], float] = int
+) -> Callable[[str], float | None]:
+    """
+    A check for the limit C{--name}: a positive number, or L{OFF} for no
+    limit (L{None}); anything else is an L{OptionValueError} that names the
+    option and shows C{example} and how to turn the limit off.
+    """
+    number = positive(name, example, convert)
+
+    def check(value: str) -> float | None:
+        if value.strip().lower() == OFF:
+            return None
+        try:
+            return number(value)
+        except OptionValueError:
+            raise OptionValueError(
+                f"--{name} takes a positive number or off, like --{name} "
+                f"{example} or --{name} off; got {value!r}"
+            ) from None
+
+    check.__name__ = name
+    check.coerceDoc = f"A positive number, like {example}, or off."  # type: ignore[attr-defined]
+    return check
+
+
 def tcpPort(value: str) -> int:
     """
     A TCP port number, 1 to 65535, or an L{OptionValueError} saying so.

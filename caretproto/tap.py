@@ -20,7 +20,7 @@ from twisted.python import usage
 
 from caretproto import proxy as proxies
 from caretproto.capacity import OpenFilesLimit
-from caretproto.optionchecks import positive
+from caretproto.optionchecks import positive, positiveOrOff
 from caretproto.server import CaretFactory
 from caretproto.service import CaretService
 from caretproto.workers import WorkerPool, workerCommand
@@ -77,6 +77,15 @@ def endpointDescription(port: str, backlog: int = DEFAULT_BACKLOG) -> str:
     return port
 
 
+DEFAULT_IDLE_TIMEOUT = 300.0
+"""
+Seconds a session may go without sending a byte, by default.  The reference
+client pauses 1 s between writes and a program rarely more; five minutes
+also lets a person typing into C{nc} stop to read or think.  A client that
+connects and says nothing holds a descriptor for no longer than that.
+"""
+
+
 def workerCount(value: str) -> int:
     """C{--workers}: a positive number, or C{auto} for one per CPU."""
     if value == "auto":
@@ -128,26 +137,26 @@ class Options(usage.Options):
             None,
             "Serve at most this many sessions at once; further clients wait "
             "in the listen backlog and are greeted as sessions end "
-            "(1 makes a sequential server).  [default: no limit]",
-            positive("max-connections", "1"),
+            "(1 makes a sequential server), or off.  [default: off, no limit]",
+            positiveOrOff("max-connections", "1"),
         ],
         [
             "idle-timeout",
             None,
-            None,
+            DEFAULT_IDLE_TIMEOUT,
             "Close a connection that has sent nothing for this many seconds "
-            "(time spent paused by flow control does not count).  "
-            "[default: no limit]",
-            positive("idle-timeout", "300", float),
+            "(time spent paused by flow control does not count), or off to "
+            "let it wait forever.",
+            positiveOrOff("idle-timeout", "300", float),
         ],
         [
             "max-per-peer",
             None,
             None,
             "At most this many connections at once from one IP address; "
-            "further ones are closed at once, without a greeting.  "
-            "[default: no limit]",
-            positive("max-per-peer", "100"),
+            "further ones are closed at once, without a greeting; or off.  "
+            "[default: off, no limit]",
+            positiveOrOff("max-per-peer", "100"),
         ],
         [
             "shutdown-timeout",

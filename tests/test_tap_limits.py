@@ -29,13 +29,33 @@ def caretService(*argv: str) -> CaretService:
 
 
 class LimitOptionsTests(TestCase):
-    def test_limits_are_off_by_default_and_shutdown_waits_ten_seconds(
+    def test_defaults_idle_timeout_five_minutes_shutdown_ten_seconds(
         self,
     ) -> None:
         service = caretService()
+        self.assertEqual(service.factory.idleTimeout, 300.0)
+        self.assertIsNone(service.factory.maxPerPeer)
+        self.assertIsNone(service.factory.maxSessions)
+        self.assertEqual(service.shutdownTimeout, 10.0)
+
+    def test_off_turns_each_limit_off(self) -> None:
+        service = caretService(
+            "--idle-timeout", "off", "--max-per-peer", "OFF", "--max-connections", "off"
+        )
         self.assertIsNone(service.factory.idleTimeout)
         self.assertIsNone(service.factory.maxPerPeer)
-        self.assertEqual(service.shutdownTimeout, 10.0)
+        self.assertIsNone(service.factory.maxSessions)
+
+    def test_every_limits_default_is_in_the_help(self) -> None:
+        help = " ".join(str(Options()).split())
+        for shown in [
+            "--idle-timeout= Close a connection",
+            "[default: 300.0]",
+            "[default: off, no limit]",
+            "[default: 10.0]",
+            "[default: 4096]",
+        ]:
+            self.assertIn(shown, help)
 
     def test_options_reach_the_factory_and_service(self) -> None:
         service = caretService(
@@ -63,6 +83,15 @@ class LimitOptionsTests(TestCase):
             with self.assertRaises(usage.UsageError) as raised:
                 Options().parseOptions([option, value])
             self.assertIn(f"{option} takes a positive number", str(raised.exception))
+
+    def test_a_bad_limit_shows_how_to_turn_it_off(self) -> None:
+        with self.assertRaises(usage.UsageError) as raised:
+            Options().parseOptions(["--idle-timeout", "never"])
+        self.assertEqual(
+            str(raised.exception),
+            "--idle-timeout takes a positive number or off, like "
+            "--idle-timeout 300 or --idle-timeout off; got 'never'",
+        )
 
 
 class OpenFilesLimitTests(TestCase):
