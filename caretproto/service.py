@@ -35,6 +35,23 @@ from caretproto.listening import LISTENING
 from caretproto.server import CaretFactory, describeAddress
 
 
+class CannotListen(Exception):
+    """
+    A L{CaretService} could not listen on one of its endpoints.
+
+    @ivar index: which of its endpoints, counting from 0.
+    @ivar reason: the exception that endpoint failed with.
+    """
+
+    def __init__(self, index: int, reason: BaseException) -> None:
+        super().__init__(index, reason)
+        self.index = index
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot listen on endpoint {self.index}: {self.reason}"
+
+
 class CaretService(Service):
     """
     Serve C{factory} on every endpoint in C{endpoints}.
@@ -72,6 +89,8 @@ class CaretService(Service):
         Listen now, so that a port below 1024 can be bound before twistd drops
         privileges, and so that a failure to listen (address in use, bad
         certificate) stops the program with its reason.
+
+        @raise CannotListen: naming the endpoint that failed, and why.
         """
         Service.privilegedStartService(self)
         self._listen()
@@ -90,7 +109,9 @@ class CaretService(Service):
         listening.addCallback(self._gotPorts)
         listening.addErrback(failedNow.append)
         if failedNow:
-            failedNow[0].value.subFailure.raiseException()  # type: ignore[union-attr]
+            first = failedNow[0].value
+            reason = first.subFailure.value  # type: ignore[union-attr]
+            raise CannotListen(first.index, reason) from reason  # type: ignore[union-attr]
         self._listening = listening
 
     def _gotPorts(self, ports: list[IListeningPort]) -> list[IListeningPort]:

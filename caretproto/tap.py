@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
 from twisted.python import usage
 
 from caretproto import proxy as proxies
 from caretproto.capacity import OpenFilesLimit
 from caretproto.optionchecks import positive, positiveOrOff
 from caretproto.server import CaretFactory
-from caretproto.service import CaretService
+from caretproto.service import CannotListen, CaretService
 from caretproto.workers import WorkerPool, workerCommand
 from caretproto.workerside import (
     ADOPTABLE,
@@ -291,6 +293,9 @@ class Options(usage.Options):
                 reactor, description, inherited, self["backlog"], self["trusted"]
             )
         except Exception as error:
+            if type(error).__module__.startswith("OpenSSL"):
+                # pyOpenSSL's errors are lists of library tuples.
+                error = f"its key or certificate file is not PEM: {error}"  # type: ignore[assignment]
             raise usage.UsageError(
                 f"--port {port!r} is not a usable endpoint ({error}); "
                 f"use a port number or a Twisted endpoint description, like "
@@ -323,7 +328,7 @@ def makeService(options: Mapping[str, Any]) -> IService:
     metrics is beside them, named C{metrics}; with C{--workers}, the
     parent's serves the sum of the workers', which report to it.
     """
-    top = MultiService()
+    top = CaretCommand(options["port"], options.get("metrics"))
     OpenFilesLimit().setServiceParent(top)
     factory = CaretFactory(maxSessions=options.get("max-connections"))
     factory.idleTimeout = options.get("idle-timeout")
@@ -362,6 +367,89 @@ def makeService(options: Mapping[str, Any]) -> IService:
 
         _named(metricsService(metrics, CaretMetrics(factory).registry), "metrics", top)
     return top
+
+
+class CaretCommand(MultiService):
+    """
+    The services of the C{caret} command.  One that cannot listen (its port
+    in use, its UNIX socket's folder missing) stops the program with one log
+    line naming the option and why, and exit status 1, not a traceback:
+    it is the operator's mistake, not the program's.
+
+    @ivar ports: the C{--port} values, in order.
+    @ivar metrics: the C{--metrics} value, or L{None}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, ports: Sequence[str], metrics: str | None = None) -> None:
+        super().__init__()
+        self.ports = list(ports)
+        self.metrics = metrics
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        for service in self:
+            self._starting(service, service.privilegedStartService)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        for service in self:
+            self._starting(service, service.startService)
+
+    def _starting(self, service: IService, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except CannotListen as failed:
+            option, given, reason = "--port", self.ports[failed.index], failed.reason
+        except Exception as error:
+            if service.name != "metrics" or self.metrics is None:
+                raise
+            option, given, reason = "--metrics", self.metrics, error
+        else:
+            return
+        self._log.critical(
+            "caret cannot start: {option} {given!r} cannot listen: {reason}",
+            option=option,
+            given=given,
+            reason=whyNot(given, reason),
+        )
+        raise SystemExit(1)
+
+
+def whyNot(description: str, error: BaseException) -> str:
+    """
+    Why listening on C{description} failed with C{error}, in a few words: the
+    system's words for a socket error, and the folder that is missing for a
+    UNIX socket path.
+    """
+    path = _unixPath(description)
+    if path is not None and not os.path.isdir(os.path.dirname(path) or "."):
+        return f"the folder {os.path.dirname(path)!r} does not exist"
+    if isinstance(error, CannotListenError):
+        socketError = error.socketError
+        text = getattr(socketError, "strerror", None) or str(socketError)
+        return f"{text} ({error.interface or '*'}:{error.port})"
+    if isinstance(error, OSError) and error.strerror:
+        named = error.filename2 or error.filename
+        return f"{error.strerror}: {named!s}" if named else error.strerror
+    return str(error) or type(error).__name__
+
+
+def _unixPath(description: str) -> str | None:
+    """The socket path of a C{unix:} description, behind C{haproxy:} or not."""
+    kind, _, rest = description.partition(":")
+    if kind == proxies.PREFIX:
+        return _unixPath(rest)
+    if kind != "unix":
+        return None
+    for argument in rest.split(":"):
+        name, equals, value = argument.partition("=")
+        if not equals:
+            return name
+        if name == "address":
+            return value
+    return None
 
 
 def _named(service: IService, name: str, parent: MultiService) -> None:
