@@ -251,6 +251,7 @@ class ProxyProtocolFactory(HAProxyWrappingFactory):
             "--trusted-proxy)",
             "{host}: closed {count} connections from an untrusted proxy "
             "in {duration:.1f}s",
+            Logger(f"{type(self).__module__}.{type(self).__qualname__}", self),
         )
 
     def untrusted(self, address: Any) -> None:

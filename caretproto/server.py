@@ -356,6 +356,7 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
             "its further connections",
             "{host}: refused {count} connections over the per-peer limit "
             "of {limit} in {duration:.1f}s",
+            Logger(f"{type(self).__module__}.{type(self).__qualname__}", self),
         )
         self.endObservers: list[Callable[[CaretProtocol], object]] = []
         self._idleWaiters: list[Deferred[None]] = []
@@ -493,12 +494,18 @@ class RefusalLog:
     @ivar ended: the format of the closing line, logged only if the burst
         held more than one refusal; its fields are those of C{began} and
         C{count} and C{duration}.
+
+    Its lines are logged with C{logger}, to name whoever refused.
     """
 
     quiet = 5.0
     _log = Logger()
 
-    def __init__(self, clock: IReactorTime, began: str, ended: str) -> None:
+    def __init__(
+        self, clock: IReactorTime, began: str, ended: str, logger: Logger | None = None
+    ) -> None:
+        if logger is not None:
+            self._log = logger
         self.clock = clock
         self.began = began
         self.ended = ended
