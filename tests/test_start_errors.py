@@ -7,11 +7,14 @@ program's.  Each case runs the real command (L{tests.twistd}).
 
 from __future__ import annotations
 
+import errno
 import socket
 from pathlib import Path
 
-from twisted.trial.unittest import TestCase
+from twisted.internet.error import CannotListenError
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from caretproto.tap import whyNot
 from tests.tempfolder import tempFolder
 from tests.twistd import LOOPBACK, TWIST, Twistd
 
@@ -104,3 +107,26 @@ class StartErrorTests(TestCase):
             f"([Errno 21] Is a directory: '{folder}')",
             output,
         )
+
+
+class WhyNotTests(SynchronousTestCase):
+    def test_a_missing_folder_is_named_whatever_the_unix_description(self) -> None:
+        for description in [
+            "unix:/nonexistent/a.sock",
+            "unix:/nonexistent/a.sock:mode=600",
+            "unix:address=/nonexistent/a.sock:lockfile=1",
+            "haproxy:unix:/nonexistent/a.sock",
+        ]:
+            self.assertEqual(
+                whyNot(description, OSError("anything")),
+                "the folder '/nonexistent' does not exist",
+                description,
+            )
+
+    def test_a_socket_error_in_the_systems_words(self) -> None:
+        error = CannotListenError("", 9090, OSError(errno.EACCES, "Permission denied"))
+        self.assertEqual(whyNot("tcp:9090", error), "Permission denied (*:9090)")
+
+    def test_anything_else_as_it_says(self) -> None:
+        self.assertEqual(whyNot("tcp:1", ValueError("odd")), "odd")
+        self.assertEqual(whyNot("tcp:1", ValueError()), "ValueError")

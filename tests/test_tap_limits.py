@@ -6,6 +6,7 @@ and bad values refused with a message naming the option.
 from __future__ import annotations
 
 from twisted.application.service import IServiceCollection
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
@@ -15,7 +16,7 @@ from caretproto import capacity
 from caretproto.capacity import OpenFilesLimit
 from caretproto.service import CaretService
 from caretproto.tap import Options, makeService
-from tests.fakes import messages
+from tests.fakes import connect, messages
 
 
 def caretService(*argv: str) -> CaretService:
@@ -37,6 +38,16 @@ class LimitOptionsTests(TestCase):
         self.assertIsNone(service.factory.maxPerPeer)
         self.assertIsNone(service.factory.maxSessions)
         self.assertEqual(service.shutdownTimeout, 10.0)
+
+    def test_the_defaults_close_a_silent_connection_in_five_minutes(self) -> None:
+        service = caretService()
+        clock = Clock()
+        service.factory.clock = clock
+        _, transport = connect(service.factory)
+        clock.advance(299.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
 
     def test_off_turns_each_limit_off(self) -> None:
         service = caretService(
