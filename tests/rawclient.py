@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from caretproto.server import CaretFactory
+from caretproto.service import CaretService
 
 
 class RawClient(Protocol):
@@ -85,6 +86,28 @@ async def serve(case: TestCase, factory: CaretFactory) -> IListeningPort:
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     case.addCleanup(port.stopListening)
     return port
+
+
+def startCommand(case: TestCase, *argv: str) -> CaretService:
+    """
+    Start the service that C{twistd caret ARGV} runs, in this process, until
+    C{case} ends; its C{caret} service, listening.
+    """
+    from caretproto.tap import Options, makeService
+
+    options = Options()
+    options.parseOptions(list(argv))
+    top = makeService(options)
+    top.startService()
+    case.addCleanup(top.stopService)
+    caret = top.getServiceNamed("caret")  # type: ignore[attr-defined]
+    assert isinstance(caret, CaretService)
+    return caret
+
+
+def portNumbers(caret: CaretService) -> list[int]:
+    """The port numbers C{caret} listens on, in C{--port} order."""
+    return [port.getHost().port for port in caret.ports]  # type: ignore[attr-defined]
 
 
 async def settle(

@@ -26,14 +26,19 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectError
 from twisted.internet.task import deferLater
-from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import (
+    LogEvent,
+    Logger,
+    LogLevel,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.trial.unittest import TestCase
 
 from caretproto.endpoints import clientEndpoint
 from caretproto.rules import GREETING, State, feed
 from caretproto.session import REFERENCE_SCRIPT, expectedReplies, runSession
-from caretproto.tap import Options, makeService
-from tests.rawclient import RawClient, connect
+from tests.rawclient import RawClient, connect, portNumbers, startCommand
 from tests.test_tls import Certificates
 
 SEED = int(os.environ.get("CARET_FUZZ_SEED", "13"))
@@ -187,36 +192,28 @@ class HostileBytesTests(TestCase):
 
     def setUp(self) -> None:
         self.certificates = Certificates(self)
-        options = Options()
-        options.parseOptions(
-            [
-                "--port",
-                "tcp:0:interface=127.0.0.1",
-                "--port",
-                "haproxy:tcp:0:interface=127.0.0.1",
-                "--port",
-                self.certificates.port(),
-                "--trusted-proxy",
-                "127.0.0.1",
-            ]
-        )
-        top = makeService(options)
         self.events: list[LogEvent] = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        top.startService()
-        self.addCleanup(top.stopService)
-        self.caret: Any = top.getServiceNamed("caret")  # type: ignore[attr-defined]
-        self.plain, self.proxied, self.tls = (
-            port.getHost().port for port in self.caret.ports
+        caret = startCommand(
+            self,
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--port",
+            "haproxy:tcp:0:interface=127.0.0.1",
+            "--port",
+            self.certificates.port(),
+            "--trusted-proxy",
+            "127.0.0.1",
         )
+        self.plain, self.proxied, self.tls = portNumbers(caret)
 
     async def reference(self) -> list[bytes]:
         """A reference session on each endpoint, at once: what each received."""
         endpoint = clientEndpoint(
             reactor, "127.0.0.1", self.tls, tls=True, ca=self.certificates.ca
         )
-        tls = runSession(reactor, endpoint, "tls", self.caret._log)
+        tls = runSession(reactor, endpoint, "tls", Logger())
         plain, proxied, overTLS = await gatherResults(
             [
                 Deferred.fromCoroutine(rawReference(self.plain)),

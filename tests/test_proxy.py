@@ -25,8 +25,7 @@ from caretproto.proxy import (
     TrustedProxies,
 )
 from caretproto.server import CaretFactory, CaretProtocol
-from caretproto.service import CaretService
-from tests.rawclient import connect
+from tests.rawclient import connect, portNumbers, startCommand
 
 BALANCER = IPv4Address("TCP", "10.0.0.5", 51000)
 HEADER = b"PROXY TCP4 203.0.113.7 10.0.0.9 4242 9090\r\n"
@@ -187,23 +186,16 @@ class LoopbackTests(TestCase):
         self,
     ) -> Any:
         events = logged(self)
-        options = tap.Options()
-        options.parseOptions(
-            [
-                "--port",
-                "haproxy:tcp:0:interface=127.0.0.1",
-                "--trusted-proxy",
-                "::1",
-                "--trusted-proxy",
-                "127.0.0.1",
-            ]
+        caret = startCommand(
+            self,
+            "--port",
+            "haproxy:tcp:0:interface=127.0.0.1",
+            "--trusted-proxy",
+            "::1",
+            "--trusted-proxy",
+            "127.0.0.1",
         )
-        top = tap.makeService(options)
-        top.startService()
-        self.addCleanup(top.stopService)
-        caret = top.getServiceNamed("caret")  # type: ignore[attr-defined]
-        assert isinstance(caret, CaretService)
-        port = caret.ports[0].getHost().port  # type: ignore[attr-defined]
+        [port] = portNumbers(caret)
 
         client = yield connect(port)
         client.transport.write(HEADER)

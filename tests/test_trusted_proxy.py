@@ -27,8 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from caretproto import tap
 from caretproto.proxy import ProxyProtocolFactory, TrustedProxies
 from caretproto.server import CaretFactory
-from caretproto.service import CaretService
-from tests.rawclient import RawClient, connect
+from tests.rawclient import RawClient, connect, portNumbers, startCommand
 from tests.test_proxy import logged
 from tests.twistd import Twistd
 
@@ -242,23 +241,16 @@ class ForgedHeadersTests(TestCase):
     @inlineCallbacks
     def test_forged_headers_from_an_untrusted_address_get_nothing(self) -> Any:
         events = logged(self)
-        options = tap.Options()
-        options.parseOptions(
-            [
-                "--port",
-                "haproxy:tcp:0:interface=127.0.0.1",
-                "--trusted-proxy",
-                "127.0.0.1",
-                "--max-per-peer",
-                "1",
-            ]
+        caret = startCommand(
+            self,
+            "--port",
+            "haproxy:tcp:0:interface=127.0.0.1",
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--max-per-peer",
+            "1",
         )
-        top = tap.makeService(options)
-        top.startService()
-        self.addCleanup(top.stopService)
-        caret = top.getServiceNamed("caret")  # type: ignore[attr-defined]
-        assert isinstance(caret, CaretService)
-        port = caret.ports[0].getHost().port  # type: ignore[attr-defined]
+        [port] = portNumbers(caret)
 
         self.assertEqual((yield attacks(port)), [b""] * 5)
 
