@@ -277,3 +277,22 @@ class HostileBytesTests(TestCase):
         self.assertTrue(
             any("PROXY protocol header" in formatEvent(e) for e in self.events)
         )
+
+
+class StalledHandshakeTests(TestCase):
+    timeout = 30
+
+    async def test_a_handshake_stopped_half_way_is_ended_by_the_idle_timeout(
+        self,
+    ) -> None:
+        # Under TLS a session starts, and its idle timer with it, before the
+        # handshake: a client that stops sending in the middle of it is idle.
+        caret = startCommand(
+            self, "--port", Certificates(self).port(), "--idle-timeout", "0.2"
+        )
+        [port] = portNumbers(caret)
+        hello = clientHello()
+        client: RawClient = await connect(port)
+        client.transport.write(hello[: len(hello) // 2])  # type: ignore[union-attr]
+        self.assertEqual(await client.done, b"")
+        self.assertEqual(caret.factory.sessions, set())
