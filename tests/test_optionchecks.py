@@ -12,7 +12,12 @@ import io
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
-from caretproto.optionchecks import OptionValueError, positive, tcpPort
+from caretproto.optionchecks import (
+    OptionValueError,
+    positive,
+    positiveOrOff,
+    tcpPort,
+)
 
 
 class PositiveTests(TestCase):
@@ -53,6 +58,26 @@ class PositiveTests(TestCase):
             "--size takes a positive number, like --size 16; got '0'",
             stderr.getvalue(),
         )
+
+
+class PositiveOrOffTests(TestCase):
+    def test_off_in_any_case_is_no_limit(self) -> None:
+        for value in ["off", "OFF", " Off "]:
+            self.assertIsNone(positiveOrOff("idle-timeout", "300", float)(value))
+
+    def test_a_positive_number_is_converted(self) -> None:
+        self.assertEqual(positiveOrOff("idle-timeout", "300", float)("2.5"), 2.5)
+
+    def test_anything_else_is_refused_saying_how_to_turn_it_off(self) -> None:
+        for value in ["0", "none", "-1", ""]:
+            error = self.assertRaises(
+                OptionValueError, positiveOrOff("max-per-peer", "100"), value
+            )
+            self.assertEqual(
+                str(error),
+                "--max-per-peer takes a positive number or off, like "
+                f"--max-per-peer 100 or --max-per-peer off; got {value!r}",
+            )
 
 
 class TCPPortTests(TestCase):
