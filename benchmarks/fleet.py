@@ -27,11 +27,13 @@ The phases, each session counted in the phase it started in:
    down within its check interval, and the connections it tried on the dead
    server until then must go to another.  Then it is started again.
 
-It prints a report (or, with C{--json}, the figures as JSON) and exits 1 if a
+It prints a report (and, with C{--json FILE}, writes the figures to FILE as
+JSON), and exits 1 if a
 claim above does not hold.  tests/test_fleet.py runs it, small, in CI;
 docs/fleet.rst describes the procedure.
 
-    python benchmarks/fleet.py [--lanes 24] [--workers 2] [--pause 0.05] [--json]
+    python benchmarks/fleet.py [--lanes 24] [--workers 2] [--pause 0.05]
+                               [--json FILE] [--keep]
 
 It needs C{haproxy} (Debian's package).  Not for throughput (see
 benchmarks/workers.py), and not a real network: every host is this machine.
@@ -159,6 +161,16 @@ class Program(ProcessProtocol):
         reactor.spawnProcess(  # type: ignore[attr-defined]
             self, argv[0], argv, env=dict(os.environ), path=str(folder)
         )
+        # Stopped early (Ctrl-C, SIGTERM), the script leaves nothing running.
+        reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+            "before", "shutdown", self._stopped
+        )
+
+    def _stopped(self) -> Deferred[int] | None:
+        if self.ended.called:
+            return None
+        self.signal(signal.SIGKILL)
+        return self.ended
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         *lines, self._partial = (self._partial + data).split(b"\n")
@@ -296,12 +308,18 @@ class HAProxy:
         return (await client.done).decode()
 
     async def status(self) -> dict[str, str]:
-        """Each server's status (C{UP}, C{DOWN}, C{DRAIN}...)."""
+        """
+        Each server's status (C{UP}, C{DOWN}, C{DRAIN}...), with C{?} after
+        it until a check has passed.
+        """
         table = (await self.command("show stat")).splitlines()
         header = table[0].lstrip("# ").split(",")
         rows = [dict(zip(header, line.split(","), strict=False)) for line in table[1:]]
         return {
+            # HAProxy starts with every server up, before any check: up
+            # means up with a check passed.
             row["svname"]: row["status"]
+            + ("" if row["check_status"] == "L7OK" else "?")
             for row in rows
             if row.get("pxname") == "carets" and row["svname"].startswith("caret")
         }
@@ -317,7 +335,7 @@ class HAProxy:
                 status = (await self.status()).get(name, "")
             except (OSError, IndexError, ConnectError):
                 status = ""
-            if status.startswith("UP") == up and status:
+            if (status == "UP") == up and status:
                 return time.time()
             if time.time() > deadline:
                 raise RuntimeError(
@@ -650,7 +668,9 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--check-interval", type=float, default=0.2, help="HAProxy's, in seconds"
     )
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--json", metavar="FILE", type=Path, help="write the figures to FILE as JSON"
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep the logs and HAProxy's configuration"
     )
@@ -665,7 +685,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def run(_: Any) -> None:
         figures = await runFleet(options, folder)
-        print(json.dumps(figures, indent=2) if options.json else report(figures))
+        print(report(figures))
+        if options.json:
+            options.json.write_text(json.dumps(figures, indent=2))
         if options.keep:
             print(f"logs: {folder}", file=sys.stderr)
         else:
