@@ -154,7 +154,9 @@ class Program(ProcessProtocol):
         self.name = name
         self.lines: list[str] = []
         self.ended: Deferred[int] = Deferred()
-        self._partial = b""
+        # By descriptor: a line on standard error may come between two
+        # halves of one on standard output.
+        self._partial: dict[int, bytes] = {}
         self._waiting: list[tuple[re.Pattern[str], Deferred[re.Match[str]]]] = []
         self.log = open(folder / f"{name}.log", "a")
         argv = [sys.executable, "-c", _NEW_SESSION, *argv]
@@ -173,7 +175,9 @@ class Program(ProcessProtocol):
         return self.ended
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        *lines, self._partial = (self._partial + data).split(b"\n")
+        *lines, self._partial[childFD] = (self._partial.get(childFD, b"") + data).split(
+            b"\n"
+        )
         for raw in lines:
             line = raw.decode("utf-8", "replace")
             self.lines.append(line)
