@@ -73,7 +73,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from caretproto.session import REFERENCE_SCRIPT, runSession
+from caretproto.listening import LISTENING, listeningIn
+from caretproto.reference import REFERENCE_SCRIPT
+from caretproto.session import runSession
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
@@ -252,10 +254,10 @@ class Server:
             ],
             self.folder,
         )
-        listening = await self.program.waitFor(
-            rf"caret listening on {re.escape(self.host)}:(\d+)"
-        )
-        self.port = int(listening.group(1))
+        line = await self.program.waitFor(re.escape(LISTENING.format(address="")))
+        [listening] = listeningIn(line.string)
+        assert listening.port is not None
+        self.port = listening.port
 
     @property
     def address(self) -> str:

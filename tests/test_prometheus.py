@@ -26,7 +26,8 @@ from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 
-from caretproto.session import REFERENCE_SCRIPT, expectedReplies, runSessions
+from caretproto.reference import REFERENCE_SCRIPT, expectedReplies
+from caretproto.session import runSessions
 from tests.tempfolder import tempFolder
 from tests.test_haproxy import freePort
 from tests.test_metrics import get
