@@ -127,6 +127,13 @@ dead one refuses it at once).  C{source} makes explicit the balancer's
 address, the one the servers trust.
 """
 
+ACCEPTED_WITHIN = 1.0
+"""
+Seconds after HAProxy is told to drain a server before it gets SIGTERM: time
+for its workers to accept the connections HAProxy had just opened, a reactor
+turn on an idle machine, far longer allowed for a busy one.
+"""
+
 SESSION_LOG = re.compile(
     r"fleet-session (?P<port>\d+) (?P<server>\S+) (?P<retries>\+?\d+) "
     r"(?P<termination>\S+) (?P<accepted>[\d.]+) (?P<total>-?\d+)"
@@ -461,7 +468,7 @@ async def restart(server: Server, haproxy: HAProxy, drainFirst: bool) -> None:
     assert server.program is not None
     if drainFirst:
         await haproxy.command(f"set server carets/{server.name} state drain")
-        await sleep(2 * haproxy.interval)
+        await sleep(ACCEPTED_WITHIN)
     server.program.signal(signal.SIGTERM)
     await server.program.ended
     await server.start()
