@@ -17,20 +17,24 @@ check every reply byte.
 The phases, each session counted in the phase it started in:
 
  - B{steady}: nothing happens; the baseline.
- - B{rolling restart}: each server in turn gets SIGTERM (it stops listening at
-   once, so HAProxy's connections are refused and go to another server, and
-   drains its sessions), exits, is started again on the same address, and is
-   waited for until HAProxy has it up again.  No session may fail.
+ - B{rolling restart}: each server in turn is drained in HAProxy (no new
+   sessions), gets SIGTERM (it stops listening at once and drains its
+   sessions), exits, is started again on the same address, and is made ready
+   in HAProxy again.  No session may fail.
+ - B{SIGTERM alone}: the same without telling HAProxy.  HAProxy's connections
+   are refused and go to another server, but one that the kernel had queued
+   as the last process closed the listening socket is reset, and HAProxy does
+   not retry an established connection: such a session fails before its
+   greeting, and no other may.
  - B{kill}: one server and its workers get SIGKILL together, as if its host
    had died.  Only the sessions it was serving at that moment may fail (HAProxy
-   says, in its log, which server served each session); HAProxy must mark it
-   down within its check interval, and the connections it tried on the dead
-   server until then must go to another.  Then it is started again.
+   says, in its log, which server served each session); HAProxy must stop
+   trying it once its check has failed, the connections it tried there until
+   then going to another.  Then it is started again.
 
 It prints a report (and, with C{--json FILE}, writes the figures to FILE as
-JSON), and exits 1 if a
-claim above does not hold.  tests/test_fleet.py runs it, small, in CI;
-docs/fleet.rst describes the procedure.
+JSON), and exits 1 if a claim above does not hold.  tests/test_fleet.py runs
+it, small, in CI; docs/fleet.rst describes the procedure.
 
     python benchmarks/fleet.py [--lanes 24] [--workers 2] [--pause 0.05]
                                [--json FILE] [--keep]
@@ -184,9 +188,8 @@ class Program(ProcessProtocol):
         return self.ended
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        *lines, self._partial[childFD] = (self._partial.get(childFD, b"") + data).split(
-            b"\n"
-        )
+        text = self._partial.get(childFD, b"") + data
+        *lines, self._partial[childFD] = text.split(b"\n")
         for raw in lines:
             line = raw.decode("utf-8", "replace")
             self.lines.append(line)
