@@ -17,8 +17,8 @@ Modes:
     end, under flow control; the replies are checked and counted;
   - C{hold}: the connections are opened and held idle, then each does one
     round;
-  - C{sessions}: the reference session of PROTOCOL.md on every connection at
-    once; what counts is the elapsed time.
+  - C{sessions}: the reference client session (docs/protocol.rst) on every
+    connection at once; what counts is the elapsed time.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ class _Stream(_Connection):
 
 
 class _Session(_Connection):
-    """The reference client session of PROTOCOL.md, timed."""
+    """The reference client session of docs/protocol.rst, timed."""
 
     def setUp(self, reactor: IReactorTime, script: Script, expected: bytes) -> None:
         self.reactor = reactor

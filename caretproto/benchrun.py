@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
             "of one --size byte message and its reply on each connection; bulk: "
             "one endless message per connection, replies counted; hold: hold "
             "the connections idle for --duration, then one round on each; "
-            "sessions: the reference session of PROTOCOL.md on every connection "
+            "sessions: the reference session of docs/protocol.rst on every connection "
             "at once.  Any wrong byte is an error and makes the exit status 1."
         ),
         epilog=(

@@ -10,8 +10,8 @@ C{unix:}, C{tls:}...).
 
 It checks no reply against the rules: callers compare what they get with
 what they expect, so that a client can report a wrong server rather than
-hide it.  The reference session of PROTOCOL.md lives in
-L{caretproto.session}.
+hide it.  The reference client session of docs/protocol.rst
+lives in L{caretproto.session}.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class CaretClientProtocol(Protocol):
 
     def close(self) -> None:
         """
-        End the session as PROTOCOL.md says: close our sending side and let
+        End the session as docs/protocol.rst says ("Ending a session"): close our sending side and let
         the server deliver what it owes, then close.  L{closed} fires then.
         A transport that cannot half-close (TLS) is closed entirely.
         """

@@ -13,7 +13,8 @@ speaks first, as caret's greeting does.  Here a session starts once the header
 has come, so C{transport.getPeer()} is the real client from its first line of
 log on.  The wrapper also passes the client's half-close on to the session
 (Twisted's protocol wrappers do not), so that a client that sends and closes
-still gets every reply it is owed (PROTOCOL.md, rule 5).
+still gets every reply it is owed (docs/protocol.rst,
+"Ending a session").
 
 Whom to believe is L{TrustedProxies}: a header names whatever client its
 sender likes, so only the balancers' own connections may send one.  Any other

@@ -30,7 +30,10 @@ _SUCCESSOR = bytes(range(1, 256)) + b"\x00"
 
 
 class State(enum.Enum):
-    """The two states of a caret session (PROTOCOL.md, the Mealy machine)."""
+    """
+    The two states of a caret session (docs/protocol.rst, "States and
+    transitions").
+    """
 
     WAIT_FOR_MSG = "WAIT_FOR_MSG"
     IN_MSG = "IN_MSG"

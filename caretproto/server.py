@@ -187,8 +187,8 @@ class CaretProtocol(Protocol, TimeoutMixin):
 
     def readConnectionLost(self) -> None:
         """
-        The client closed its sending side: PROTOCOL.md rule 5, send what is
-        owed and close too.
+        The client closed its sending side: as docs/protocol.rst says in
+        "Ending a session", send what is owed and close too.
         """
         self.finish()
 

@@ -1,6 +1,6 @@
 """
-The reference client session of PROTOCOL.md, on any number of connections
-at once, in one reactor.
+The reference client session of docs/protocol.rst, on any number of
+connections at once, in one reactor.
 
 L{runSessions} opens N connections through one client endpoint and runs the
 script on each concurrently: wait for the greeting, send three buffers with

@@ -1,7 +1,8 @@
 """
 A plain, per-byte reference model of the caret rules, for the tests only.
 
-It is deliberately the dullest possible reading of PROTOCOL.md, so that the
+It is deliberately the dullest possible reading of docs/protocol.rst
+("States and transitions"), so that the
 fast chunk-wise rules in L{caretproto.rules} can be checked against it.
 """
 

@@ -150,7 +150,8 @@ def elapsed(log: str) -> float:
 
 class ReferenceRunTests(TestCase):
     """
-    The comparison PROTOCOL.md exists for, in real time: C{caret-client -n 3}
+    The comparison the protocol exists for (docs/protocol.rst, "What the
+    session shows"), in real time: C{caret-client -n 3}
     against C{twistd caret --max-connections 1} and against the default, at
     the same time.
     """

@@ -1,6 +1,6 @@
 """
 L{CaretProtocol} and L{CaretFactory} on a L{StringTransport}: every rule of
-PROTOCOL.md as the server applies it, with no sockets and no reactor.
+docs/protocol.rst as the server applies it, with no sockets and no reactor.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-The rules of PROTOCOL.md, as L{caretproto.rules} states them, checked against
+The rules of docs/protocol.rst, as L{caretproto.rules} states them, checked against
 the worked example and a per-byte reference model.
 """
 

@@ -42,7 +42,7 @@ def expectedReplies(*sends: bytes) -> bytes:
     return replies
 
 
-# The reference session of PROTOCOL.md: what to send, and how long to wait
+# The reference client session of docs/protocol.rst: what to send, and how long to wait
 # after it.
 REFERENCE = [(b"^abc$de^abte$f", 1.0), (b"xyz^123", 1.0), (b"25$^ab0000$abab", 0.2)]
 

@@ -1,7 +1,7 @@
 """
-PROTOCOL.md's worked example, run against a real server by tests whose
+The worked example of docs/protocol.rst, run against a real server by tests whose
 subject is something else: TLS, metrics, socket activation.  The answers are
-PROTOCOL.md's table, not L{caretproto.rules}, and the client is
+the table of that section, not L{caretproto.rules}, and the client is
 L{tests.rawclient.RawClient}, which knows nothing of the protocol.
 """
 
