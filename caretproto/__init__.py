@@ -2,8 +2,9 @@
 caretproto: a Twisted server, client and load generator for the caret
 protocol.
 
-The rules live in L{caretproto.rules}; L{CaretProtocol} and L{CaretFactory} are
-the server; L{caretproto.tap} is the twistd plugin's command.
+The rules live in L{caretproto.rules}; L{caretproto.server.CaretProtocol} and
+L{caretproto.server.CaretFactory} are the server, importable from here too;
+L{caretproto.tap} is the twistd plugin's command.
 """
 
 from __future__ import annotations

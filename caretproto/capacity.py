@@ -89,7 +89,7 @@ class DescriptorShortage:
     clients have all been accepted (C{accept} finds none left): that is
     logged with the count.
 
-    @ivar since: when the shortage began, or L{None} when there is none.
+    @ivar since: when the shortage began, or C{None} when there is none.
     @ivar failures: failed C{accept} calls in this shortage.
     """
 

@@ -33,7 +33,7 @@ def clientEndpoint(
 ) -> IStreamClientEndpoint:
     """
     An endpoint that connects to C{host} on C{port}, over TLS if C{tls},
-    with C{reactor} (an L{IReactorTCP}).
+    with C{reactor} (an C{IReactorTCP}).
 
     C{host} is resolved here, once, and every connection goes to its first
     address: a load generator opening thousands of connections should not
@@ -42,7 +42,7 @@ def clientEndpoint(
 
     Over TLS the server's certificate must be valid for C{host} as given (a
     name or an address) and signed by the certificate authority in the PEM
-    file C{ca}, or by one the system trusts when C{ca} is L{None}.
+    file C{ca}, or by one the system trusts when C{ca} is C{None}.
 
     @raise ValueError: if C{host} cannot be resolved, or C{ca} is given
         without C{tls} or is not a readable PEM certificate; the message says
@@ -75,7 +75,7 @@ def tlsCreator(host: str, ca: str | None) -> IOpenSSLClientConnectionCreator:
     """
     TLS client options that check the server's certificate against C{host}
     and trust the certificate authority in the PEM file C{ca} (or, when
-    L{None}, the ones the system trusts).
+    C{None}, the ones the system trusts).
 
     @raise ValueError: C{ca} is not a readable PEM certificate.
     """

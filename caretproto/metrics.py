@@ -11,7 +11,7 @@ that has been running for hours, not only those of sessions that ended.
 L{metricsService} is the twisted.web service that serves them, composed beside
 the caret service by L{caretproto.tap.makeService}.  This module does not
 decide where to listen and keeps no global state: every L{CaretMetrics} has
-its own L{CollectorRegistry}, so several servers in one process (or in one
+its own C{CollectorRegistry}, so several servers in one process (or in one
 test run) never share or clash over metrics.
 
 With C{--workers}, one C{/metrics}, the parent's, covers every worker.  A

@@ -3,7 +3,7 @@ Caret behind a load balancer: the PROXY protocol (C{--port haproxy:tcp:9090}).
 
 Behind a balancer every connection comes from the balancer; the PROXY protocol
 header it sends first names the real client.  Twisted parses that header
-(L{twisted.protocols.haproxy}); this module changes only I{when} the caret
+(C{twisted.protocols.haproxy}); this module changes only I{when} the caret
 session starts.  Twisted's wrapper starts the wrapped protocol as soon as the
 balancer connects, so a session would greet, and log its peer, before the
 header has named the client (Twisted issue #12501).  The PROXY protocol
@@ -294,7 +294,7 @@ def serverFromString(
 ) -> IStreamServerEndpoint:
     """
     The server endpoint for C{description}, as Twisted's
-    L{endpoints.serverFromString} makes it, except that C{haproxy:DESCRIPTION}
+    C{endpoints.serverFromString} makes it, except that C{haproxy:DESCRIPTION}
     is a L{ProxyProtocolEndpoint} in front of C{DESCRIPTION}'s endpoint,
     believing C{trusted} peers only.  C{parse} makes the endpoint under the
     PROXY protocol.

@@ -54,7 +54,7 @@ def describeAddress(address: IAddress | None) -> str:
 def peerHost(address: IAddress | None) -> str | None:
     """
     The host part of an IP peer address, which the per-peer limit counts;
-    L{None} for a UNIX socket, whose peers have no address to tell apart.
+    C{None} for a UNIX socket, whose peers have no address to tell apart.
     """
     host = getattr(address, "host", None)
     return host if isinstance(host, str) else None
@@ -300,7 +300,7 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
     Builds a L{CaretProtocol} per connection and keeps the set of sessions in
     progress, so that a service can limit, count or drain them.
 
-    It works with any endpoint or L{twisted.application.strports.service}.
+    It works with any endpoint or C{twisted.application.strports.service}.
 
     With C{maxSessions}, at most that many sessions run at once: a
     sequential server when it is 1.  While that many run, the factory's
@@ -316,14 +316,14 @@ class CaretFactory(ServerFactory["CaretProtocol"]):
     acceptor to accept no more than the free places per wake-up keeps that
     surplus to nothing with one listening port.
 
-    @ivar maxSessions: the most sessions at once, or L{None} for no limit.
+    @ivar maxSessions: the most sessions at once, or C{None} for no limit.
     @ivar sessions: the sessions in progress (greeted, not yet gone).
     @ivar waiting: connections held for a free session, oldest first.
     @ivar acceptor: what accepts this factory's connections, once known.
     @ivar idleTimeout: seconds a session may go without receiving a byte
-        before it is closed, or L{None} (the default) for no limit.
+        before it is closed, or C{None} (the default) for no limit.
     @ivar maxPerPeer: the most connections one IP address may hold at once
-        (sessions and held connections alike), or L{None} (the default) for
+        (sessions and held connections alike), or C{None} (the default) for
         no limit.
     @ivar connectionsByPeer: with C{maxPerPeer}, the connections each IP
         address holds.

@@ -2,8 +2,8 @@
 The caret service: listens on endpoints with a L{CaretFactory} and ends
 gracefully.
 
-L{CaretService} is an ordinary L{IService}: it can stand alone under twistd,
-beside other services in a L{MultiService}, or in a C{.tac} file.  It owns the
+L{CaretService} is an ordinary C{IService}: it can stand alone under twistd,
+beside other services in a C{MultiService}, or in a C{.tac} file.  It owns the
 listening ports, so that it can stop accepting when the process runs out of
 descriptors, and stop listening at once on shutdown.  Stopped, it gives the
 sessions in progress C{shutdownTimeout} seconds to end as their clients end

@@ -8,7 +8,7 @@ their pauses, close, and check that the bytes received are what
 L{caretproto.rules} says a caret server answers.  It logs what it does in
 the reference format (L{ReferenceLogObserver}) and reports each
 connection's L{Outcome}.  Time comes from the reactor given, so tests drive
-it with a L{twisted.internet.task.Clock}.
+it with a C{twisted.internet.task.Clock}.
 
 This module is the session, not the command line: C{caret-client}
 (L{caretproto.caretclient}) parses options and runs it.
@@ -49,7 +49,7 @@ class Outcome:
     """
     How one connection's session went.
 
-    @ivar failure: L{None} if the session went as the protocol says, else
+    @ivar failure: C{None} if the session went as the protocol says, else
         what went wrong, in a few words (C{refused}, C{no greeting},
         C{wrong replies}...).
     @ivar detail: what happened, for the log and the summary.
@@ -74,7 +74,7 @@ class Report:
 
     def summary(self) -> str | None:
         """
-        One line saying which connections failed and how, or L{None} if
+        One line saying which connections failed and how, or C{None} if
         none did.
         """
         failed = self.failed

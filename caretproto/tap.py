@@ -318,7 +318,7 @@ def _checkMetricsEndpoint(description: str, given: str) -> None:
 
 def makeService(options: Mapping[str, Any]) -> IService:
     """
-    The caret server for parsed C{options}: a L{MultiService} holding a
+    The caret server for parsed C{options}: a C{MultiService} holding a
     L{CaretService}, named C{caret}, that listens on every C{--port}.
 
     With C{--workers N}, the C{caret} service only listens, and a
