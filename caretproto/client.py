@@ -105,9 +105,10 @@ class CaretClientProtocol(Protocol):
 
     def close(self) -> None:
         """
-        End the session as docs/protocol.rst says ("Ending a session"): close our sending side and let
-        the server deliver what it owes, then close.  L{closed} fires then.
-        A transport that cannot half-close (TLS) is closed entirely.
+        End the session as docs/protocol.rst says ("Ending a session"): close
+        our sending side and let the server deliver what it owes, then close.
+        L{closed} fires then.  A transport that cannot half-close (TLS) is
+        closed entirely.
         """
         if IHalfCloseableDescriptor.providedBy(self.transport):
             cast(ITCPTransport, self.transport).loseWriteConnection()

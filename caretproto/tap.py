@@ -196,15 +196,51 @@ class Options(usage.Options):
         ],
     ]
 
+    internal = frozenset({"worker-fds"})
+    """Options that the program sets for itself, left out of C{--help}."""
+
     def __init__(self) -> None:
         super().__init__()
         self["port"] = []
         self["trusted-proxy"] = []
+        # A docstring's line breaks and indentation would otherwise reach
+        # --help as runs of spaces in the middle of a wrapped line.
+        self.docs = {name: " ".join(doc.split()) for name, doc in self.docs.items()}
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse C{options}, as L{usage.Options.parseOptions} does.
+
+        Under twistd or twist (when this is a subcommand, with a C{parent}), a
+        usage error ends the program with one line naming the option and what
+        it accepts, and where to find the help, rather than with the whole
+        help text that twistd and twist print first.  Called directly (a
+        C{.tac} file, a test), it raises L{usage.UsageError} as usual.
+        """
         # Kept for --workers, whose workers run with the same options.
         self["argv"] = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            program = f"{os.path.basename(sys.argv[0])} caret"
+            raise SystemExit(
+                f"{program}: {error}\nSee '{program} --help' for every option."
+            ) from None
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The help text, without the options in L{internal}.
+        """
+        allOptions = self.longOpt
+        self.longOpt = [
+            name for name in allOptions if name.rstrip("=") not in self.internal
+        ]
+        try:
+            return super().getUsage(width)
+        finally:
+            self.longOpt = allOptions
 
     def opt_port(self, port: str) -> None:
         """

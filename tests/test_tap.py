@@ -194,3 +194,21 @@ class PluginTests(SynchronousTestCase):
     def test_no_init_files_that_would_shadow_twisted(self) -> None:
         self.assertFalse((REPO / "twisted" / "__init__.py").exists())
         self.assertFalse((REPO / "twisted" / "plugins" / "__init__.py").exists())
+
+
+class HelpTests(SynchronousTestCase):
+    """
+    C{twistd caret --help}: every option a user may give, laid out as
+    Twisted lays out help, and nothing internal.
+    """
+
+    def test_internal_options_are_left_out_of_help(self) -> None:
+        helpText = str(tap.Options())
+        self.assertNotIn("--worker-fds", helpText)
+        self.assertIn("--workers=", helpText)
+
+    def test_help_has_no_runs_of_spaces_inside_a_description(self) -> None:
+        # Options start at column 0 to 6 and descriptions at column 27; past
+        # that, a run of spaces is a docstring's indentation leaking through.
+        for line in str(tap.Options()).splitlines():
+            self.assertNotIn("   ", line[27:].rstrip(), line)

@@ -98,6 +98,21 @@ class TwistdCaretTests(TestCase):
         self.assertIn("--port 'tcp:notaport'", log)
         self.assertNotIn("Traceback", log)
 
+    @inlineCallbacks
+    def test_a_bad_option_value_is_one_line_and_a_pointer_to_help(self) -> Any:
+        for runner in (None, [TWIST]):
+            twistd = Twistd.start(self, "caret", "--idle-timeout", "0", runner=runner)
+            yield self.assertFailure(twistd.listening, AssertionError)
+            self.assertNotEqual((yield twistd.ended), 0)
+            lines = twistd.output.splitlines()
+            self.assertLessEqual(len(lines), 3, twistd.output)
+            self.assertIn(
+                "--idle-timeout takes a positive number, like --idle-timeout 300; "
+                "got '0'",
+                lines[0],
+            )
+            self.assertIn("caret --help", twistd.output)
+
 
 QUICK_SCRIPT = [(data, 0.05) for data, _ in REFERENCE_SCRIPT]
 
