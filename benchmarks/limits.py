@@ -1,6 +1,6 @@
 """
-The heavy yardsticks of "Limits and failure behaviour", against a real
-C{twistd -n caret} started here on a loopback port:
+The heavy yardsticks of docs/limits.rst, against a real `twistd -n caret`
+started here on a loopback port:
 
   flood  one client sends 256 MiB inside one message, reading nothing until
          the server stops reading from it, then reads every reply; the
@@ -10,7 +10,7 @@ C{twistd -n caret} started here on a loopback port:
   churn  20,000 connect/greet/close cycles; the server's memory along the
          way.
 
-Each prints its figures and stops by itself; C{all} runs the three.  Linux
+Each prints its figures and stops by itself; `all` runs the three.  Linux
 only (memory is read from /proc).  The test suite runs small versions of the
 same paths (tests/test_flow_control.py, tests/test_isolation.py); these are
 the full sizes, too slow for CI.
@@ -21,8 +21,8 @@ the full sizes, too slow for CI.
     python benchmarks/limits.py churn --cycles 20000
     python benchmarks/limits.py hold --server-option=--idle-timeout=600
 
-The client here is plain non-blocking sockets and C{selectors}, so that it is
-not the bottleneck; it checks replies with L{caretproto.rules.feed}.
+The client here is plain non-blocking sockets and `selectors`, so that it is
+not the bottleneck; it checks replies with caretproto.rules.feed.
 """
 
 from __future__ import annotations
@@ -351,7 +351,10 @@ def churn(cycles: int, inFlight: int = 64) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # The whole docstring: its table says what each yardstick does.
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("yardstick", choices=["flood", "hold", "churn", "all"])
     parser.add_argument("--mib", type=int, default=256, help="flood size")
     parser.add_argument("--connections", type=int, default=15000)

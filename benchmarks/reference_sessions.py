@@ -1,15 +1,15 @@
 """
 Yardstick: how long N concurrent reference sessions take against
-C{twistd caret}, with and without C{--max-connections}.
+`twistd caret`, with and without `--max-connections`.
 
     python benchmarks/reference_sessions.py                  # -n 1000, default server
     python benchmarks/reference_sessions.py -n 3 --max-connections 1 --runs 3
 
 Starts one server per run set on an ephemeral loopback port, runs
-C{caret-client -q -n N} against it C{--runs} times, one after another, and
+`caret-client -q -n N` against it `--runs` times, one after another, and
 prints each elapsed time and their median.  The issue's yardstick: 1,000
 sessions against the default server well under 4 s (one session is 2.2 s).
-A heavy measurement, not a test: the suite runs C{-n 3} once.
+A heavy measurement, not a test: the suite runs `-n 3` once.
 """
 
 from __future__ import annotations

@@ -153,3 +153,12 @@ def test_caret_16_byte_messages_4096_per_64k_read(benchmark: Any) -> None:
     data = MESSAGE * (READ_SIZE // len(MESSAGE))
     benchmark(reads(protocol, transport, data))
     record(benchmark, "messages/s", READ_SIZE // len(MESSAGE))
+
+
+if __name__ == "__main__":
+    # A pytest module, not a script: say how to run it, whatever the arguments.
+    raise SystemExit(
+        "usage: python -m pytest benchmarks/test_protocol.py [pytest options]\n\n"
+        "Micro-benchmarks of the caret server protocol (pytest-benchmark, in the "
+        "bench extra)."
+    )

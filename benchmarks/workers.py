@@ -1,16 +1,16 @@
 """
-The --workers yardstick: the small-message rate of C{twistd -n caret
---workers 2} beside that of one process, measured side by side in one run.
+The --workers yardstick: the small-message rate of `twistd -n caret
+--workers 2` beside that of one process, measured side by side in one run.
 
 Both servers run at once on loopback (each idle while the other is measured),
 and the measurements alternate between them, so that whatever else the
 machine is doing weighs on both alike.  The load is 100 connections, each
-sending a 16-byte message (C{^}, 14 body bytes, C{$}) and waiting for its
+sending a 16-byte message (`^`, 14 body bytes, `$`) and waiting for its
 whole reply before sending the next; the rate is replies per second.  Every
 reply byte is checked.
 
-The load generator is C{benchmarks/cload.c} (one thread, epoll, every reply
-byte checked), compiled here with C{cc}, so that it costs the machine little
+The load generator is `benchmarks/cload.c` (one thread, epoll, every reply
+byte checked), compiled here with `cc`, so that it costs the machine little
 beside the server it measures: a Python client would need about as much CPU
 as the server, on the same two cores.
 
