@@ -25,9 +25,13 @@ copyright = "the caretproto developers"
 author = "the caretproto developers"
 
 extensions = [
+    # pydoctor's extension reads intersphinx_mapping, so intersphinx is on;
+    # the mapping stays empty, since CI builds without network access.
+    "sphinx.ext.intersphinx",
     "pydoctor.sphinx_ext.build_apidocs",
     "caretoptions",
 ]
+intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
 
 exclude_patterns = ["_build"]
 html_theme = "alabaster"

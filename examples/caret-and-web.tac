@@ -1,4 +1,4 @@
-# Run with: twistd -ny examples/caret-and-web.tac
+# Run with: .venv/bin/twistd -n --pidfile= -y examples/caret-and-web.tac
 # caret on port 9090 and a small web site on port 8080, in one process.
 from twisted.application import service, strports
 from twisted.web import resource, server, static
