@@ -21,7 +21,14 @@ from caretproto.reference import REFERENCE_SCRIPT
 from caretproto.session import runSessions
 from tests.rawclient import connect
 from tests.tempfolder import shortTempPath
-from tests.twistd import LOOPBACK, TWIST, WORKER_LISTENING, WORKER_SERVED, Twistd
+from tests.twistd import (
+    LOOPBACK,
+    TWIST,
+    TWISTD,
+    WORKER_LISTENING,
+    WORKER_SERVED,
+    Twistd,
+)
 from tests.workedexample import WORKED_EXAMPLE, WORKED_EXAMPLE_ANSWER
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,7 +212,20 @@ class TacTests(TestCase):
                 '"tcp:8080"', f'"unix:{web}"'
             )
         )
-        twistd = Twistd.start(self, "-oy", str(tac))
+        # The command in the file's first line, as written but for the
+        # environment's twistd and the copy with test ports.
+        command = text.splitlines()[0].removeprefix("# Run with: ").split()
+        self.assertEqual(
+            command,
+            [
+                ".venv/bin/twistd",
+                "-n",
+                "--pidfile=",
+                "-y",
+                "examples/caret-and-web.tac",
+            ],
+        )
+        twistd = Twistd.start(self, *command[1:-1], str(tac), runner=[TWISTD])
         [address] = yield twistd.listening
         caret = yield connect(f"tcp:{address}")
         self.assertEqual((yield caret.receivedAtLeast(1)), b"*")
