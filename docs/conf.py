@@ -34,6 +34,8 @@ extensions = [
 intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
 
 exclude_patterns = ["_build"]
+# Option names are everywhere in prose; "--port" must not become an en dash.
+smartquotes = False
 html_theme = "alabaster"
 html_static_path: list[str] = []
 
