@@ -176,7 +176,7 @@ class OptionsPageTests(SynchronousTestCase):
     def test_every_option_reads_as_in_help(self) -> None:
         sys.path.insert(0, str(REPO / "docs" / "_ext"))
         self.addCleanup(sys.path.remove, str(REPO / "docs" / "_ext"))
-        from caretoptions import optionEntries
+        from optionlist import optionEntries
 
         helpText = str(tap.Options())
         # --help wraps descriptions at column 27, breaking after hyphens too.

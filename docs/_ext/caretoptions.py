@@ -2,10 +2,9 @@
 A Sphinx directive, C{.. caret-options::}, that lists the options of
 C{twistd caret} from L{caretproto.tap.Options} itself.
 
-The list on the running page is made from the same attributes, in the same
-way, as C{twistd caret --help}, so the two cannot drift apart;
-C{tests/test_docs.py} checks that every entry reads as in C{--help}.  It is
-not a general renderer for L{twisted.python.usage.Options}.
+The list on the running page is made by L{optionlist.optionEntries} from the
+same attributes, in the same way, as C{twistd caret --help}, so the two cannot
+drift apart.
 """
 
 from __future__ import annotations
@@ -13,42 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from docutils import nodes
+from optionlist import optionEntries
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
-from twisted.python import usage
-
-
-def optionEntries(options: usage.Options) -> list[tuple[str, str]]:
-    """
-    Each option that C{options} shows in its help, as C{(flags, description)}:
-    C{("-p, --port=", "Where to listen: ...")}.  The description is composed
-    as Twisted's C{docMakeChunks} composes it for C{--help}: the option's
-    documentation, its default, and what its coerce function accepts.
-    """
-    internal = getattr(options, "internal", frozenset())
-    shortOf = {
-        long: short
-        for short, long in options.synonyms.items()
-        if len(short) == 1 and short != long
-    }
-    entries = []
-    for name in sorted(options.longOpt):
-        long = name.rstrip("=")
-        if long in internal:
-            continue
-        isParameter = name.endswith("=")
-        doc = (options.docs.get(long) or "").strip()
-        default = options.defaults.get(long)
-        if isParameter and default is not None:
-            doc = f"{doc} [default: {default}]"
-        dispatch = options._dispatch.get(long)
-        if isParameter and isinstance(dispatch, usage.CoerceParameter) and dispatch.doc:
-            doc = f"{doc}. {dispatch.doc}"
-        flags = f"--{long}=" if isParameter else f"--{long}"
-        if long in shortOf:
-            flags = f"-{shortOf[long]}, {flags}"
-        entries.append((flags, doc))
-    return entries
 
 
 class CaretOptions(SphinxDirective):
