@@ -12,15 +12,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from caretproto.server import CaretFactory, CaretProtocol
+    from caretproto.server import CaretFactory as CaretFactory
+    from caretproto.server import CaretProtocol as CaretProtocol
 
-__all__ = ["CaretFactory", "CaretProtocol"]
+# Not __all__: pydoctor would document these two as caretproto's own, and the
+# API reference should show them where they live, in caretproto.server.
+_FROM_SERVER = frozenset({"CaretFactory", "CaretProtocol"})
 
 
 def __getattr__(name: str) -> Any:
     # The server is imported when asked for, not with the package: the
     # client and the load generator import caretproto.* without loading it.
-    if name in __all__:
+    if name in _FROM_SERVER:
         from caretproto import server
 
         return getattr(server, name)

@@ -1,6 +1,6 @@
 """
 The C{caret-client} command: the reference client session
-(docs/protocol.rst) on N connections at once, against any caret server.
+(docs/protocol.rst) on N connections at once, against any caret server::
 
     caret-client [-n N] HOST PORT
     caret-client [-n N] --tls [--ca ca.pem] HOST PORT

@@ -9,7 +9,7 @@ field is the port's address in the form of
 L{caretproto.server.describeAddress}.  Workers' events, relayed by their
 parent, say it in the same words.  L{listeningIn} finds those lines in a text
 log (C{twistd}'s or C{twist}'s); L{waitForListening} waits for them in the
-log file of a server started with L{subprocess}.
+log file of a server started with C{subprocess}.
 
 It is not a way to configure where a server listens (that is C{--port}), nor
 a health check: a server that has said it listens may not yet run its
@@ -37,8 +37,8 @@ class Listening:
     One listening port a server's log names.
 
     @ivar address: as logged: C{host:port}, C{[host]:port} or a UNIX path.
-    @ivar host: the IP address, or L{None} for a UNIX socket.
-    @ivar port: the TCP port, or L{None} for a UNIX socket.
+    @ivar host: the IP address, or C{None} for a UNIX socket.
+    @ivar port: the TCP port, or C{None} for a UNIX socket.
     """
 
     address: str
@@ -71,7 +71,7 @@ def waitForListening(
 ) -> list[Listening]:
     """
     Wait, blocking, until the log file of a server started with
-    L{subprocess} names C{count} listening ports, and return them all.  For
+    C{subprocess} names C{count} listening ports, and return them all.  For
     scripts; a test in the reactor reads the log as it comes instead (see
     C{tests/twistd.py}).
 

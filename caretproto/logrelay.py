@@ -100,7 +100,7 @@ def _system(worker: RelayedWorker, system: str) -> str:
 
 
 _UNPERSISTABLE = {"unpersistable": True}
-"""What L{eventAsJSON} writes for a field that JSON cannot hold."""
+"""What C{eventAsJSON} writes for a field that JSON cannot hold."""
 
 
 def _logEvent(text: str) -> dict[str, Any] | None:

@@ -47,8 +47,8 @@ def raiseOpenFilesLimit(
         limit already that high is left alone, and a hard limit below it is
         an error at once.
     @param program: the command to name in the error's advice.
-    @param getrlimit: L{resource.getrlimit}, or a fake for tests.
-    @param setrlimit: L{resource.setrlimit}, or a fake for tests.
+    @param getrlimit: C{resource.getrlimit}, or a fake for tests.
+    @param setrlimit: C{resource.setrlimit}, or a fake for tests.
 
     @return: the soft limit before and after.
     @raise OpenFilesLimitError: the hard limit is below C{needed}, or the

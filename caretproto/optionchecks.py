@@ -2,8 +2,8 @@
 """
 Checks for the values given to the commands' options, shared by every command.
 
-C{twistd caret} parses with L{twisted.python.usage}, C{caret-client} too, and
-C{caret-bench} with L{argparse}; a check here raises L{OptionValueError},
+C{twistd caret} parses with C{twisted.python.usage}, C{caret-client} too, and
+C{caret-bench} with C{argparse}; a check here raises L{OptionValueError},
 which both frameworks report as a usage error with its message, so that a
 wrong value is refused in the same words whichever command is given it: the
 option's name, the accepted form and an example.
@@ -22,8 +22,8 @@ from twisted.python import usage
 
 class OptionValueError(usage.UsageError, argparse.ArgumentTypeError):
     """
-    A value an option does not take.  A L{usage.UsageError} for
-    L{usage.Options}, an C{ArgumentTypeError} for L{argparse}: both print
+    A value an option does not take.  A C{usage.UsageError} for
+    C{usage.Options}, an C{ArgumentTypeError} for C{argparse}: both print
     the message and exit with status 2.
     """
 
@@ -63,7 +63,7 @@ def positiveOrOff(
 ) -> Callable[[str], float | None]:
     """
     A check for the limit C{--name}: a positive number, or L{OFF} for no
-    limit (L{None}); anything else is an L{OptionValueError} that names the
+    limit (C{None}); anything else is an L{OptionValueError} that names the
     option and shows C{example} and how to turn the limit off.
     """
     number = positive(name, example, convert)

@@ -115,7 +115,7 @@ class TrustedProxies:
         return cls(networks, everyone)
 
     def trusts(self, address: Any) -> bool:
-        """Whether a header from C{address}, a peer's L{IAddress}, is believed."""
+        """Whether a header from C{address}, a peer's C{IAddress}, is believed."""
         host = peerHost(address)
         if self.everyone or host is None:
             return True

@@ -487,15 +487,14 @@ class RefusalLog:
     The log of connections refused for one reason: one line when a host's
     burst of refused connections begins, and one that counts them when it
     ends, after C{quiet} seconds without a refusal.  A client that retries
-    in a loop would otherwise write a line per attempt.
+    in a loop would otherwise write a line per attempt.  Its lines are
+    logged with C{logger}, to name whoever refused.
 
     @ivar began: the format of the first line of a burst; its fields are
         C{host} and those given to L{refused}.
     @ivar ended: the format of the closing line, logged only if the burst
         held more than one refusal; its fields are those of C{began} and
         C{count} and C{duration}.
-
-    Its lines are logged with C{logger}, to name whoever refused.
     """
 
     quiet = 5.0

@@ -209,13 +209,13 @@ class Options(usage.Options):
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """
-        Parse C{options}, as L{usage.Options.parseOptions} does.
+        Parse C{options}, as C{usage.Options.parseOptions} does.
 
         Under twistd or twist (when this is a subcommand, with a C{parent}), a
         usage error ends the program with one line naming the option and what
         it accepts, and where to find the help, rather than with the whole
         help text that twistd and twist print first.  Called directly (a
-        C{.tac} file, a test), it raises L{usage.UsageError} as usual.
+        C{.tac} file, a test), it raises C{usage.UsageError} as usual.
         """
         # Kept for --workers, whose workers run with the same options.
         self["argv"] = list(sys.argv[1:] if options is None else options)
@@ -413,7 +413,7 @@ class CaretCommand(MultiService):
     it is the operator's mistake, not the program's.
 
     @ivar ports: the C{--port} values, in order.
-    @ivar metrics: the C{--metrics} value, or L{None}.
+    @ivar metrics: the C{--metrics} value, or C{None}.
     """
 
     _log = Logger()
