@@ -55,8 +55,19 @@ def leaked(built: list[weakref.ref[CaretProtocol]]) -> list[CaretProtocol]:
 
 
 def isLogRecord(holder: object) -> bool:
-    return isinstance(holder, Logger) or (
-        isinstance(holder, dict) and "log_namespace" in holder
+    """
+    Whether C{holder} is part of a kept log event: the event itself, its
+    L{Logger} or that logger's attribute dictionary.  Python 3.11 keeps an
+    object's attributes inline, so the session's referrer is the L{Logger};
+    Python 3.10 keeps them in a separate C{__dict__}, which is the referrer.
+    """
+    if isinstance(holder, Logger):
+        return True
+    if not isinstance(holder, dict):
+        return False
+    return "log_namespace" in holder or any(
+        isinstance(owner, Logger) and vars(owner) is holder
+        for owner in gc.get_referrers(holder)
     )
 
 
