@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from caretproto import CaretFactory, tap
@@ -84,7 +84,8 @@ class LoopbackTests(TestCase):
         others = [self.session(seed) for seed in range(20)]
         victim = yield self.connect()
         victim.transport.write(b"^abc" * 1000)
-        yield deferLater(reactor, 0.01, lambda: None)
+        # A reply means the server is inside the victim's message.
+        yield victim.receivedAtLeast(len(b"*bcd"))
         victim.transport.abortConnection()
         results = yield gatherResults(others)
         for received, expected in results:
@@ -99,7 +100,8 @@ class LoopbackTests(TestCase):
         self.caret.clock = clock
         client = yield self.connect()
         client.transport.write(b"^abc")
-        yield deferLater(reactor, 0.01, lambda: None)
+        # The session is under way, inside a message, when the service stops.
+        yield client.receivedAtLeast(len(b"*bcd"))
         stopping = self.top.stopService()
         clock.advance(self.caret.shutdownTimeout)
         yield stopping

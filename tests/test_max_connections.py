@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
@@ -185,9 +184,12 @@ class SequentialServerTests(TestCase):
             return waiting
 
         yield waitForGreetings(1)
-        # All three are connected as far as their kernel is concerned; give
-        # the server time to do anything it would do with the other two.
-        yield deferLater(reactor, 0.1)
+        # All three are connected as far as their kernel is concerned, so
+        # the listening socket was readable whenever the server has since
+        # polled; a round trip through the session is such a poll, after
+        # which a server that accepted the other two would count them.
+        reply = yield greetings[0].request(b"abc")
+        self.assertEqual(reply, b"bcd")
         self.assertEqual(len(greetings), 1)
         factory = self.caret.factory
         self.assertEqual(len(factory.sessions), 1)
