@@ -177,8 +177,11 @@ class ReferenceRunTests(TestCase):
                 self.caretClientAgainst(),
             ]
         )
-        self.assertTrue(6.5 <= elapsed(sequential) < 9.0, sequential)
-        self.assertTrue(2.1 <= elapsed(concurrent) < 3.5, concurrent)
+        # Lower bounds only, which no load can break: a session waits 2.2 s
+        # in all, so three one after the other take three times that.  That
+        # the concurrent run is not sequential is shown by the overlap below.
+        self.assertGreaterEqual(elapsed(sequential), 6.5, sequential)
+        self.assertGreaterEqual(elapsed(concurrent), 2.1, concurrent)
 
         sessions = sessionTimes(sequential)
         self.assertEqual(len(sessions), 3)
