@@ -10,9 +10,10 @@ import socket
 from twisted.internet.abstract import FileDescriptor
 from twisted.trial.unittest import TestCase
 
-from caretproto.rules import GREETING, State, feed
+from caretproto.rules import GREETING
 from caretproto.server import CaretFactory, CaretProtocol
 from tests.fakes import clockedFactory, connect
+from tests.model import reference_replies
 from tests.rawclient import RawClient, serve, settle
 from tests.rawclient import connect as connectTo
 
@@ -78,6 +79,8 @@ class FlowControlDecisionTests(TestCase):
         paused session that is finished must let go of it.
         """
         session, transport = connect(clockedFactory()[0])
+        session.dataReceived(b"^a")
+        self.assertIs(transport.producer, session)
         session.pauseProducing()
         session.finish()
         self.assertIsNone(transport.producer)
@@ -86,6 +89,8 @@ class FlowControlDecisionTests(TestCase):
 
     def test_client_half_close_finishes_the_session(self) -> None:
         session, transport = connect(clockedFactory()[0])
+        session.dataReceived(b"^a")
+        self.assertIs(transport.producer, session)
         session.readConnectionLost()
         self.assertIsNone(transport.producer)
         self.assertTrue(transport.disconnecting)
@@ -132,7 +137,7 @@ class FlowControlLoopbackTests(TestCase):
         self.assertLessEqual(unsent(transport), 2 * transport.bufferSize)
 
         client.transport.resumeProducing()  # type: ignore[union-attr]
-        expected = GREETING + feed(State.WAIT_FOR_MSG, payload).reply
+        expected = GREETING + reference_replies(payload)
         await client.receivedAtLeast(len(expected))
         self.assertEqual(bytes(client.received), expected)
         self.assertEqual(session.bytesReceived, len(payload))
@@ -144,7 +149,7 @@ class FlowControlLoopbackTests(TestCase):
         client.transport.loseWriteConnection()  # type: ignore[union-attr]
         client.transport.resumeProducing()  # type: ignore[union-attr]
         received = await client.done
-        self.assertEqual(received, GREETING + feed(State.WAIT_FOR_MSG, payload).reply)
+        self.assertEqual(received, GREETING + reference_replies(payload))
         self.assertEqual(factory.sessions, set())
 
     async def test_finish_while_paused_delivers_what_is_owed_then_closes(
@@ -156,7 +161,5 @@ class FlowControlLoopbackTests(TestCase):
         read = session.bytesReceived
         client.transport.resumeProducing()  # type: ignore[union-attr]
         received = await client.done
-        self.assertEqual(
-            received, GREETING + feed(State.WAIT_FOR_MSG, payload[:read]).reply
-        )
+        self.assertEqual(received, GREETING + reference_replies(payload[:read]))
         self.assertEqual(factory.sessions, set())
