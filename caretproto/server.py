@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -295,7 +295,15 @@ MAX_SESSIONS = "max-connections"
 """The reason a factory gives its acceptor for pausing while it is full."""
 
 
-class CaretFactory(ServerFactory["CaretProtocol"]):
+if TYPE_CHECKING:
+    _ServerFactory = ServerFactory[CaretProtocol]
+else:
+    # Twisted's factories are generic only since 26.4; setup.cfg claims
+    # older ones, where subscripting the class fails at import.
+    _ServerFactory = ServerFactory
+
+
+class CaretFactory(_ServerFactory):
     """
     Builds a L{CaretProtocol} per connection and keeps the set of sessions in
     progress, so that a service can limit, count or drain them.

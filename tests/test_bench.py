@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from typing import Any
 
+import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IListeningPort
@@ -204,6 +205,7 @@ class TLSTests(TestCase):
         self.assertGreater(tally.rounds, 2)
 
 
+@pytest.mark.process
 class ProcessesTests(ServerMixin, TestCase):
     """The command, as a person runs it, in worker processes."""
 

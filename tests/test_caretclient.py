@@ -17,6 +17,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+import pytest
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
@@ -71,6 +72,7 @@ class OptionsTests(TestCase):
             self.assertIn(says, str(error), argv)
 
 
+@pytest.mark.process
 class ExitStatusTests(TestCase):
     """The command's exit status and messages, run as a program."""
 
@@ -148,6 +150,7 @@ def elapsed(log: str) -> float:
     return float(match[1])
 
 
+@pytest.mark.process
 class ReferenceRunTests(TestCase):
     """
     The comparison the protocol exists for (docs/protocol.rst, "What the

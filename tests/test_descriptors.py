@@ -11,6 +11,7 @@ import signal
 import socket
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
@@ -180,6 +181,7 @@ class BacklogEmptiedTests(TestCase):
         )
 
 
+@pytest.mark.process
 class OutOfDescriptorsTests(TestCase):
     """
     A real server whose open-files hard limit is a few dozen, and more

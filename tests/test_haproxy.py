@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -93,6 +94,7 @@ class LocalPorts:
         return self.endpoint.connect(protocolFactory).addCallback(note)
 
 
+@pytest.mark.process
 class HAProxyTests(TestCase):
     timeout = 120
     if HAPROXY is None and not inCI():

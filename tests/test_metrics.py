@@ -9,6 +9,7 @@ import json
 import re
 from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
@@ -388,6 +389,7 @@ class MetricsReporterTests(TestCase):
         self.assertEqual(self.reports[-1]["connectionsActive"], 0)
 
 
+@pytest.mark.process
 class WorkersScrapeTests(TestCase):
     """C{twistd caret --workers 2 --metrics}: one scrape covers both."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 
+import pytest
 from twisted.internet import reactor, task
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import TestCase
@@ -39,6 +40,7 @@ REFERENCE = [(b"^abc$de^abte$f", 1.0), (b"xyz^123", 1.0), (b"25$^ab0000$abab", 0
 REFERENCE_REPLIES = b"bcdbcuf23436bc1111"
 
 
+@pytest.mark.process
 class SignalTests(TestCase):
     timeout = 60
 

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -29,6 +30,7 @@ def listeningSocket() -> socket.socket:
     return listening
 
 
+@pytest.mark.process
 class SocketActivationTests(TestCase):
     timeout = 60
 

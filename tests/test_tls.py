@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 
+import pytest
 import trustme
 from OpenSSL.SSL import Error as TLSError
 from twisted.internet import reactor
@@ -178,6 +179,7 @@ class ClientEndpointTests(TestCase):
 CLIENT = [sys.executable, "-m", "caretproto.caretclient"]
 
 
+@pytest.mark.process
 class CaretClientTLSTests(TestCase):
     """C{caret-client --tls --ca FILE HOST PORT} against C{twistd caret}."""
 

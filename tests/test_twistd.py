@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -30,10 +31,19 @@ from tests.twistd import (
     Twistd,
 )
 from tests.workedexample import WORKED_EXAMPLE, WORKED_EXAMPLE_ANSWER
+from twisted import version as twistedVersion
 
 REPO = Path(__file__).resolve().parent.parent
+USAGE_ERROR_STATUS = (
+    1 if (twistedVersion.major, twistedVersion.minor) >= (26, 10) else 0
+)
+"""
+How C{twistd} exits on a usage error: status 0 before Twisted 26.10, which
+fixed that (Twisted #12656).
+"""
 
 
+@pytest.mark.process
 class TwistdCaretTests(TestCase):
     timeout = 30
 
@@ -100,7 +110,7 @@ class TwistdCaretTests(TestCase):
     def test_a_bad_option_is_a_usage_error_not_a_traceback(self) -> Any:
         twistd = Twistd.start(self, "caret", "--port", "tcp:notaport")
         yield self.assertFailure(twistd.listening, AssertionError)
-        self.assertNotEqual((yield twistd.ended), 0)
+        self.assertEqual((yield twistd.ended), USAGE_ERROR_STATUS)
         log = twistd.output
         self.assertIn("--port 'tcp:notaport'", log)
         self.assertNotIn("Traceback", log)
@@ -120,6 +130,7 @@ class TwistdCaretTests(TestCase):
 QUICK_SCRIPT = [(data, 0.05) for data, _ in REFERENCE_SCRIPT]
 
 
+@pytest.mark.process
 class WorkersTests(TestCase):
     timeout = 120
 
@@ -187,12 +198,13 @@ class WorkersTests(TestCase):
     def test_workers_on_a_port_they_cannot_share_is_a_usage_error(self) -> Any:
         twistd = Twistd.start(self, "caret", "--workers", "2", "--port", "stdio:")
         yield self.assertFailure(twistd.listening, AssertionError)
-        self.assertNotEqual((yield twistd.ended), 0)
+        self.assertEqual((yield twistd.ended), USAGE_ERROR_STATUS)
         log = twistd.output
         self.assertIn("--port 'stdio:' cannot be shared by --workers", log)
         self.assertNotIn("Traceback", log)
 
 
+@pytest.mark.process
 class TacTests(TestCase):
     timeout = 30
 

@@ -493,6 +493,8 @@ class ParentLinkTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.addCleanup(signal.signal, signal.SIGINT, signal.getsignal(signal.SIGINT))
         self.reactor = MemoryReactor()
+        # Twisted 23.10's MemoryReactor starts out saying it has stopped.
+        self.reactor.hasStopped = False
         readEnd, self.writeEnd = os.pipe()
         self.addCleanup(os.close, readEnd)
         self.link = ParentLink(self.reactor, readEnd)
