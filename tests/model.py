@@ -38,3 +38,8 @@ def reference(stream: bytes, inMessage: bool = False) -> Outcome:
 def referenceReplies(stream: bytes) -> bytes:
     """Every reply a server owes a client that sent C{stream}."""
     return reference(stream).replies
+
+
+def referenceReply(body: bytes) -> bytes:
+    """The reply to one message whose body is C{body}."""
+    return reference(bytes([CARET]) + body + bytes([DOLLAR])).replies

@@ -20,8 +20,8 @@ from caretproto.client import (
     GreetingError,
     connect,
 )
-from caretproto.rules import replyTo
 from caretproto.tap import Options, makeService
+from tests.model import referenceReply
 from tests.tempfolder import shortTempPath
 from tests.wire import HalfCloseableTransport
 
@@ -103,14 +103,14 @@ class RequestTests(TestCase):
     ) -> None:
         client = greetedClient()
         replies = [client.request(body) for body in bodies]
-        stream = b"".join(replyTo(body) for body in bodies)
+        stream = b"".join(referenceReply(body) for body in bodies)
         cuts = sorted(
             data.draw(st.lists(st.integers(0, len(stream)), max_size=len(stream)))
         )
         for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
             if end > start:
                 client.dataReceived(stream[start:end])
-        self.assertEqual(results(replies), [replyTo(body) for body in bodies])
+        self.assertEqual(results(replies), [referenceReply(body) for body in bodies])
         self.assertEqual(client.owed, 0)
 
     def test_a_reply_split_byte_by_byte_fires_once_whole(self) -> None:
@@ -205,7 +205,7 @@ class LoopbackTests(TestCase):
         seen: list[bytes] = []
         client.replyReceived = seen.append
         reply = yield client.request(body)
-        self.assertEqual(reply, replyTo(body))
+        self.assertEqual(reply, referenceReply(body))
         self.assertGreater(len(seen), 1, "one read: the test cut nothing")
         client.close()
         yield client.closed
@@ -215,7 +215,7 @@ class LoopbackTests(TestCase):
         client = yield connect(reactor, self.serveTCP())
         bodies = [b"x" * n for n in range(200)]
         replies = yield gatherResults([client.request(body) for body in bodies])
-        self.assertEqual(replies, [replyTo(body) for body in bodies])
+        self.assertEqual(replies, [referenceReply(body) for body in bodies])
         client.close()
         yield client.closed
 
