@@ -12,13 +12,14 @@ Without it the test is skipped, except in CI, where it must run.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import TestCase
 
+from tests import inCI
 from tests.tempfolder import shortTempPath
 from tests.test_haproxy import HAPROXY
 from tests.twistd import Twistd
@@ -26,10 +27,15 @@ from tests.twistd import Twistd
 FLEET = str(Path(__file__).parent.parent / "benchmarks" / "fleet.py")
 
 
+@pytest.mark.process
 class FleetTests(TestCase):
     timeout = 180
-    if HAPROXY is None and not os.environ.get("CI"):
+    if HAPROXY is None and not inCI():
         skip = "haproxy is not installed (CI installs it, and there this runs)"
+
+    def setUp(self) -> None:
+        if HAPROXY is None:
+            self.fail("haproxy is not installed: CI must install it (Debian's haproxy)")
 
     async def test_rolling_restart_loses_nothing_and_a_kill_only_what_it_held(
         self,

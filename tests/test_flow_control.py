@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from caretproto.rules import GREETING
 from caretproto.server import CaretFactory, CaretProtocol
 from tests.fakes import clockedFactory, connect
-from tests.model import reference_replies
+from tests.model import referenceReplies
 from tests.rawclient import RawClient, serve, settle
 from tests.rawclient import connect as connectTo
 
@@ -137,7 +137,7 @@ class FlowControlLoopbackTests(TestCase):
         self.assertLessEqual(unsent(transport), 2 * transport.bufferSize)
 
         client.transport.resumeProducing()  # type: ignore[union-attr]
-        expected = GREETING + reference_replies(payload)
+        expected = GREETING + referenceReplies(payload)
         await client.receivedAtLeast(len(expected))
         self.assertEqual(bytes(client.received), expected)
         self.assertEqual(session.bytesReceived, len(payload))
@@ -149,7 +149,7 @@ class FlowControlLoopbackTests(TestCase):
         client.transport.loseWriteConnection()  # type: ignore[union-attr]
         client.transport.resumeProducing()  # type: ignore[union-attr]
         received = await client.done
-        self.assertEqual(received, GREETING + reference_replies(payload))
+        self.assertEqual(received, GREETING + referenceReplies(payload))
         self.assertEqual(factory.sessions, set())
 
     async def test_finish_while_paused_delivers_what_is_owed_then_closes(
@@ -161,5 +161,5 @@ class FlowControlLoopbackTests(TestCase):
         read = session.bytesReceived
         client.transport.resumeProducing()  # type: ignore[union-attr]
         received = await client.done
-        self.assertEqual(received, GREETING + reference_replies(payload[:read]))
+        self.assertEqual(received, GREETING + referenceReplies(payload[:read]))
         self.assertEqual(factory.sessions, set())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from twisted.trial.unittest import TestCase
 
 SERVER_ONLY = {
@@ -43,6 +44,7 @@ def loadedBy(module: str) -> set[str]:
     }
 
 
+@pytest.mark.process
 class LayerTests(TestCase):
     def test_caret_client_loads_none_of_the_server(self) -> None:
         loaded = loadedBy("caretproto.caretclient")

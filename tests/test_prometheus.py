@@ -12,11 +12,11 @@ them the test is skipped, except in CI, where it must run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -28,6 +28,7 @@ from twisted.web.client import Agent
 
 from caretproto.reference import REFERENCE_SCRIPT, expectedReplies
 from caretproto.session import runSessions
+from tests import inCI
 from tests.tempfolder import tempFolder
 from tests.test_haproxy import freePort
 from tests.test_metrics import get
@@ -54,13 +55,26 @@ scrape_configs:
 """
 
 
+@pytest.mark.process
 class PrometheusTests(TestCase):
     timeout = 120
-    if (PROMETHEUS is None or PROMTOOL is None) and not os.environ.get("CI"):
+    if (PROMETHEUS is None or PROMTOOL is None) and not inCI():
         skip = (
             "prometheus and promtool are not installed (CI installs them, and "
             "there this runs)"
         )
+
+    def setUp(self) -> None:
+        missing = [
+            name
+            for name, path in (("prometheus", PROMETHEUS), ("promtool", PROMTOOL))
+            if path is None
+        ]
+        if missing:
+            self.fail(
+                f"{' and '.join(missing)} not installed: CI must install them "
+                "(Debian's prometheus)"
+            )
 
     async def startCaret(self, *options: str) -> tuple[TCP4ClientEndpoint, int]:
         """A C{twistd caret} with C{--metrics}: where it serves, and its metrics."""

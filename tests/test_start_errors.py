@@ -11,6 +11,7 @@ import errno
 import socket
 from pathlib import Path
 
+import pytest
 from twisted.internet.error import CannotListenError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -19,6 +20,7 @@ from tests.tempfolder import tempFolder
 from tests.twistd import LOOPBACK, TWIST, Twistd
 
 
+@pytest.mark.process
 class StartErrorTests(TestCase):
     timeout = 60
 

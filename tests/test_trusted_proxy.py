@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.error import ConnectError
@@ -268,6 +269,7 @@ class ForgedHeadersTests(TestCase):
         self.assertEqual(text.count(f"{UNTRUSTED} is not a trusted proxy"), 1)
 
 
+@pytest.mark.process
 class WorkersTests(TestCase):
     timeout = 60
 
