@@ -20,11 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from caretproto import tap
+from tests import inCI
 from tests.docblocks import (
     REPO,
     Command,
@@ -59,11 +61,12 @@ def needsNetcat(command: str) -> None:
     """
     if " nc " not in command or shutil.which("nc"):
         return
-    if os.environ.get("CI"):
+    if inCI():
         raise AssertionError("CI must install netcat-openbsd (.ci/run does)")
     raise SkipTest("nc (netcat-openbsd) is not installed; CI installs it")
 
 
+@pytest.mark.process
 class DocumentedCommandsTests(TestCase):
     """The commands of README.rst and the tutorial, run as the pages show them."""
 
