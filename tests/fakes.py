@@ -1,17 +1,22 @@
 """
 Sessions on a L{StringTransport}, for unit tests: no sockets, no reactor;
-time is a L{Clock} the test advances.
+time is a L{Clock} the test advances.  And what C{--port} endpoints ask of
+a L{MemoryReactor} when they listen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+import twisted.internet
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import LogEvent, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
 
 from caretproto.server import CaretFactory, CaretProtocol
 
@@ -37,3 +42,21 @@ def connect(
 def messages(events: Iterable[LogEvent]) -> list[str]:
     """The formatted text of captured log events."""
     return [formatEvent(event) for event in events]
+
+
+def listenedAs(case: SynchronousTestCase, *argv: str) -> list[tuple[Any, ...]]:
+    """
+    What the endpoints of C{twistd caret ARGV}'s C{--port}s ask of a reactor
+    when they listen: L{MemoryReactor.tcpServers}' C{(port, factory,
+    backlog, interface)} each.  The options build their endpoints on the
+    global reactor, which is a L{MemoryReactor} while they are parsed here.
+    """
+    from caretproto.tap import Options
+
+    memory = MemoryReactor()
+    case.patch(twisted.internet, "reactor", memory)
+    options = Options()
+    options.parseOptions(list(argv))
+    for endpoint in options["endpoints"]:
+        endpoint.listen(Factory())
+    return memory.tcpServers

@@ -25,6 +25,7 @@ from caretproto.proxy import (
     TrustedProxies,
 )
 from caretproto.server import CaretFactory, CaretProtocol
+from tests.fakes import listenedAs
 from tests.rawclient import connect, portNumbers, startCommand
 
 BALANCER = IPv4Address("TCP", "10.0.0.5", 51000)
@@ -175,7 +176,10 @@ class EndpointTests(SynchronousTestCase):
         tcp, unix = options["endpoints"]
         self.assertIsInstance(tcp, ProxyProtocolEndpoint)
         self.assertIsInstance(tcp.wrapped, TCP4ServerEndpoint)
-        self.assertEqual((tcp.wrapped._port, tcp.wrapped._backlog), (9090, 4096))
+        [(port, _, backlog, _)] = listenedAs(
+            self, "--port", "haproxy:tcp:9090", "--trusted-proxy", "10.0.0.5"
+        )
+        self.assertEqual((port, backlog), (9090, 4096))
         self.assertIsInstance(unix, ProxyProtocolEndpoint)
         self.assertIsInstance(unix.wrapped, UNIXServerEndpoint)
 

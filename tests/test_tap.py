@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import ast
 import os
+import socket
 from pathlib import Path
 
+import twisted.internet
 from twisted.application.service import IService, IServiceMaker, MultiService
-from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,6 +23,7 @@ from caretproto import tap
 from caretproto.service import CaretService
 from caretproto.workers import WorkerPool
 from caretproto.workerside import ParentLink
+from tests.fakes import listenedAs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,7 +64,8 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["port"], ["9090"])
         [endpoint] = options["endpoints"]
         self.assertIsInstance(endpoint, TCP4ServerEndpoint)
-        self.assertEqual((endpoint._port, endpoint._backlog), (9090, 4096))
+        [(port, _, backlog, interface)] = listenedAs(self)
+        self.assertEqual((port, backlog, interface), (9090, 4096, ""))
 
     def test_port_may_be_given_several_times(self) -> None:
         options = parse(
@@ -69,11 +74,14 @@ class OptionsTests(SynchronousTestCase):
         tcp, unix = options["endpoints"]
         self.assertIsInstance(tcp, TCP4ServerEndpoint)
         self.assertIsInstance(unix, UNIXServerEndpoint)
-        self.assertEqual(tcp._interface, "127.0.0.1")
+        [(port, _, _, interface)] = listenedAs(
+            self, "--port", "tcp:9091:interface=127.0.0.1"
+        )
+        self.assertEqual((port, interface), (9091, "127.0.0.1"))
 
     def test_backlog_option_applies_to_endpoints_without_one(self) -> None:
-        [endpoint] = parse("--backlog", "123", "--port", "9092")["endpoints"]
-        self.assertEqual(endpoint._backlog, 123)
+        [(port, _, backlog, _)] = listenedAs(self, "--backlog", "123", "--port", "9092")
+        self.assertEqual((port, backlog), (9092, 123))
 
     def test_bad_port_names_the_option_and_shows_examples(self) -> None:
         for bad in [
@@ -156,10 +164,21 @@ class WorkersOptionTests(SynchronousTestCase):
         self.assertEqual(pool.killAfter, 2 * 7 + tap.WORKERS_KILL_MARGIN)
 
     def test_a_worker_listens_on_the_sockets_it_inherits(self) -> None:
+        bound = socket.socket()
+        self.addCleanup(bound.close)
+        bound.bind(("127.0.0.1", 0))
+        bound.listen()
+        inherited = os.dup(bound.fileno())
+        argv = ("--port", "9090", "--workers=1", f"--worker-fds={inherited}")
+        memory = MemoryReactorClock()
+        self.patch(twisted.internet, "reactor", memory)
+        [endpoint] = parse(*argv)["endpoints"]
+        port = self.successResultOf(endpoint.listen(Factory()))
+        self.addCleanup(port.stopListening)
+        # It took over the socket it was given rather than binding 9090.
+        self.assertEqual(memory.tcpServers, [])
+        self.assertEqual(port.getHost().port, bound.getsockname()[1])  # type: ignore[attr-defined]
         options = parse("--port", "9090", "--workers=1", "--worker-fds=3")
-        [endpoint] = options["endpoints"]
-        self.assertIsInstance(endpoint, TCP4ServerEndpoint)
-        self.assertNotIsInstance(endpoint._reactor, type(reactor))
         top = tap.makeService(options)
         assert isinstance(top, MultiService)
         self.assertIsInstance(top.getServiceNamed("caret"), CaretService)
