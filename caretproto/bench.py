@@ -45,6 +45,7 @@ from zope.interface import implementer
 
 from caretproto.reference import REFERENCE_SCRIPT, Script, expectedReplies
 from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed, replyTo
+from caretproto.writenow import writeNow
 
 MODES = ("rr", "bulk", "hold", "sessions")
 
@@ -230,7 +231,7 @@ class _RoundTrips(_Connection):
 
     def begin(self) -> None:
         self.sentAt = time.perf_counter()
-        self.transport.write(self.message)
+        writeNow(self.transport, self.message)
 
     def replyReceived(self, data: bytes) -> None:
         # The common case, a whole reply in one read, is one comparison; a
@@ -251,7 +252,7 @@ class _RoundTrips(_Connection):
         self.load.latencies.append(now - self.sentAt)
         if self.load.measuring:
             self.sentAt = now
-            self.transport.write(self.message)
+            writeNow(self.transport, self.message)
         else:
             self.close()
 
@@ -348,7 +349,7 @@ class _Session(_Connection):
     def sendStep(self) -> None:
         sending, wait = self.script[self.step]
         self.step += 1
-        self.transport.write(sending)
+        writeNow(self.transport, sending)
         self.waiting = self.reactor.callLater(wait, self.waited)
 
     def waited(self) -> None:

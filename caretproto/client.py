@@ -33,6 +33,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed
+from caretproto.writenow import writeNow
 
 
 class GreetingError(Exception):
@@ -82,7 +83,7 @@ class CaretClientProtocol(Protocol):
         reach L{replyReceived} and are counted ahead of later requests.
         """
         self._expect(data)
-        self.transport.write(data)
+        writeNow(self.transport, data)
 
     def request(self, body: bytes) -> Deferred[bytes]:
         """
@@ -99,7 +100,7 @@ class CaretClientProtocol(Protocol):
             raise ValueError(f"a request body cannot contain {MSG_END!r}: {body!r}")
         reply: Deferred[bytes] = Deferred()
         self._expect(MSG_START + body + MSG_END, reply)
-        self.transport.write(MSG_START + body + MSG_END)
+        writeNow(self.transport, MSG_START + body + MSG_END)
         self._deliverEmpty()
         return reply
 

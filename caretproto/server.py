@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from caretproto.rules import GREETING, State, feed
+from caretproto.writenow import writeNow
 
 
 def describeAddress(address: IAddress | None) -> str:
@@ -157,7 +158,7 @@ class CaretProtocol(Protocol, TimeoutMixin):
         self._log.info("{peer} connected", peer=self.peer)
         self.factory.sessionStarted(self)
         self.setTimeout(self.factory.idleTimeout)
-        self.transport.write(GREETING)
+        writeNow(self.transport, GREETING)
         self.bytesSent = len(GREETING)
 
     def dataReceived(self, data: bytes) -> None:
@@ -170,7 +171,7 @@ class CaretProtocol(Protocol, TimeoutMixin):
                 self._producing = True
                 self.transport.registerProducer(self, True)
             self.bytesSent += len(reply)
-            self.transport.write(reply)
+            writeNow(self.transport, reply)
 
     def finish(self) -> None:
         """

@@ -1,0 +1,261 @@
+"""
+Write at once (L{caretproto.writenow}): a reply goes to the socket in the
+turn it is made when nothing waits before it; the rest goes through Twisted's
+own buffer, so order, flow control and errors stay Twisted's.
+
+Most tests run a session on a real L{twisted.internet.tcp.Server} whose
+socket and reactor are fakes that record what is sent and what is registered;
+one uses real sockets, for a reset the kernel reports.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
+from twisted.internet.testing import StringTransport
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from caretproto.rules import GREETING
+from caretproto.server import CaretFactory, CaretProtocol
+from caretproto.writenow import socketTransport, writeNow
+from tests.fakes import clockedFactory
+from tests.rawclient import connect, serve, settle
+
+
+class FakeSocket:
+    """
+    A non-blocking socket that takes at most C{room} bytes per C{send}
+    (everything if L{None}), or fails with C{error}.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.room: int | None = None
+        self.error: int | None = None
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return -1
+
+    def send(self, data: Any) -> int:
+        if self.error is not None:
+            raise OSError(self.error, errno.errorcode[self.error])
+        data = bytes(data)
+        taken = data if self.room is None else data[: self.room]
+        if self.room is not None:
+            self.room -= len(taken)
+        if not taken and data:
+            raise BlockingIOError(errno.EAGAIN, "full")
+        self.sent.append(taken)
+        return len(taken)
+
+
+class FakeReactor:
+    """Records which descriptors wait for readability and writability."""
+
+    def __init__(self) -> None:
+        self.readers: set[FileDescriptor] = set()
+        self.writers: set[FileDescriptor] = set()
+        self.writerRegistrations = 0
+
+    def addReader(self, reader: FileDescriptor) -> None:
+        self.readers.add(reader)
+
+    def removeReader(self, reader: FileDescriptor) -> None:
+        self.readers.discard(reader)
+
+    def addWriter(self, writer: FileDescriptor) -> None:
+        self.writerRegistrations += 1
+        self.writers.add(writer)
+
+    def removeWriter(self, writer: FileDescriptor) -> None:
+        self.writers.discard(writer)
+
+
+class Lost(CaretProtocol):
+    """A session that counts its connectionLost calls."""
+
+    lostCount = 0
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lostCount += 1
+        super().connectionLost(reason)
+
+
+def sessionOnSocket() -> tuple[CaretProtocol, tcp.Server, FakeSocket, FakeReactor]:
+    """A greeted session on a TCP server transport over a fake socket."""
+    factory = clockedFactory()[0]
+    factory.protocol = Lost
+    fake, fakeReactor = FakeSocket(), FakeReactor()
+    session = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    assert isinstance(session, CaretProtocol)
+    transport = tcp.Server(
+        fake,  # type: ignore[arg-type]
+        session,
+        ("127.0.0.1", 40000),
+        _FakePort(),  # type: ignore[arg-type]
+        1,
+        fakeReactor,  # type: ignore[arg-type]
+    )
+    transport.startReading()
+    session.makeConnection(transport)
+    return session, transport, fake, fakeReactor
+
+
+class _FakePort:
+    """What L{tcp.Server} asks of its port."""
+
+    _realPortNumber = 9090
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 9090)
+
+
+class WriteNowTests(TestCase):
+    def test_reply_with_nothing_buffered_is_sent_without_registering_for_writing(
+        self,
+    ) -> None:
+        session, transport, fake, fakeReactor = sessionOnSocket()
+        session.dataReceived(b"^abc")
+        self.assertEqual(fake.sent, [GREETING, b"bcd"])
+        self.assertEqual(fakeReactor.writerRegistrations, 0)
+        self.assertFalse(transport.dataBuffer or transport._tempDataLen)
+
+    def test_partial_send_buffers_exactly_the_rest_and_keeps_the_order(
+        self,
+    ) -> None:
+        session, transport, fake, fakeReactor = sessionOnSocket()
+        fake.room = 2
+        session.dataReceived(b"^abcde")
+        self.assertEqual(fake.sent, [GREETING, b"bc"])
+        self.assertEqual(transport._tempDataBuffer, [b"def"])
+        self.assertIn(transport, fakeReactor.writers)
+        session.dataReceived(b"fg")
+        # Something waits, so the next reply queues behind it, unsent.
+        self.assertEqual(fake.sent, [GREETING, b"bc"])
+        fake.room = None
+        transport.doWrite()
+        self.assertEqual(b"".join(fake.sent), GREETING + b"bcdefgh")
+        self.assertNotIn(transport, fakeReactor.writers)
+        self.assertEqual(session.bytesSent, len(GREETING + b"bcdefgh"))
+
+    def test_full_socket_buffer_still_pauses_the_session(self) -> None:
+        session, transport, fake, fakeReactor = sessionOnSocket()
+        fake.room = 0
+        session.dataReceived(b"^" + b"a" * (transport.bufferSize + 1))
+        self.assertTrue(session.paused)
+        self.assertNotIn(transport, fakeReactor.readers)
+        fake.room = None
+        transport.doWrite()
+        self.assertFalse(session.paused)
+        self.assertIn(transport, fakeReactor.readers)
+
+    def test_send_error_is_left_for_twisted_to_end_the_connection(self) -> None:
+        """
+        The reply is buffered and the transport registered for writing: its
+        own attempt fails the same way and ends the connection, once.
+        """
+        session, transport, fake, fakeReactor = sessionOnSocket()
+        fake.error = errno.ECONNRESET
+        session.dataReceived(b"^abc")
+        self.assertEqual(session.lostCount, 0)
+        self.assertEqual(transport._tempDataBuffer, [b"bcd"])
+        self.assertIn(transport, fakeReactor.writers)
+        why = transport.doWrite()
+        self.assertIsInstance(why, Exception)
+
+    def test_after_loseConnection_writes_wait_for_twisted(self) -> None:
+        _, transport, fake, _ = sessionOnSocket()
+        transport.loseConnection()
+        writeNow(transport, b"late")
+        self.assertEqual(fake.sent, [GREETING])
+        self.assertEqual(transport._tempDataBuffer, [b"late"])
+
+
+class WhichTransportsTests(TestCase):
+    """
+    Only writes that reach a plain socket unchanged are sent at once: what
+    Twisted's attributes this relies on are checked here too.
+    """
+
+    def test_string_transport_has_no_socket(self) -> None:
+        transport = StringTransport()
+        self.assertIsNone(socketTransport(transport))
+        writeNow(transport, b"x")
+        self.assertEqual(transport.value(), b"x")
+
+    def test_forwarding_wrapper_is_looked_through(self) -> None:
+        session, transport, _, _ = sessionOnSocket()
+        wrapper = HAProxyProtocolWrapper(WrappingFactory(None), session)  # type: ignore[arg-type]
+        wrapper.transport = transport
+        self.assertIs(socketTransport(wrapper), transport)
+
+    def test_tls_is_left_to_twisted(self) -> None:
+        self.assertIsNot(TLSMemoryBIOProtocol.write, ProtocolWrapper.write)
+
+    def test_tls_started_on_a_tcp_connection_is_left_to_twisted(self) -> None:
+        _, transport, _, _ = sessionOnSocket()
+        transport.TLS = True
+        self.assertIsNone(socketTransport(transport))
+
+    def test_twisted_buffer_attributes_exist(self) -> None:
+        _, transport, _, _ = sessionOnSocket()
+        for name in (
+            "connected",
+            "disconnecting",
+            "_writeDisconnecting",
+            "_writeDisconnected",
+            "_tempDataLen",
+            "_tempDataBuffer",
+            "dataBuffer",
+        ):
+            self.assertTrue(hasattr(transport, name), name)
+        self.assertTrue(issubclass(tcp.Server, tcp.Connection))
+
+
+class ResetTests(TestCase):
+    async def test_reset_during_the_send_is_one_clean_connection_lost(
+        self,
+    ) -> None:
+        factory = CaretFactory()
+        factory.protocol = Lost
+        sessions: list[Lost] = []
+        started = factory.sessionStarted
+
+        def record(session: CaretProtocol) -> None:
+            assert isinstance(session, Lost)
+            sessions.append(session)
+            started(session)
+
+        factory.sessionStarted = record  # type: ignore[method-assign]
+        port = await serve(self, factory)
+        client = await connect(port)
+        await client.receivedAtLeast(1)
+        await settle(lambda: bool(sessions))
+        session = sessions[0]
+        # Stop the server reading, so it learns of the reset only by sending.
+        session.transport.pauseProducing()
+        handle = client.transport.getHandle()  # type: ignore[union-attr]
+        # A zero linger time makes the close a reset.
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        ended: Deferred[None] = factory.whenSessionEnds()
+        client.transport.abortConnection()  # type: ignore[union-attr]
+        await client.done
+        session.dataReceived(b"^abc")
+        await ended
+        self.assertEqual(session.lostCount, 1)
+        self.assertNotIn(session, factory.sessions)
