@@ -473,10 +473,10 @@ def render(results: dict[str, Any]) -> str:
         f"PORT 1 0 {o['duration']} bulk``, one endless message on one "
         f"connection, reply MB/s.  In brackets, the ratio to plain asyncio "
         f"(the servers' ratio: the same generator drives both).  The first row "
-        f"is the ceiling, a C epoll server: the other rows are below it, so the "
-        f"generator did not limit them.\n"
+        f"is the ceiling: the generator against a C epoll server.\n"
     )
     out.append(table(THROUGHPUT_HEADER, throughputRows(results)))
+    out.append(f"\n{ceilingVerdict(results)}\n")
 
     out.append("\nIs caret-bench the bottleneck?\n" + "-" * 30 + "\n")
     out.append(
@@ -588,6 +588,27 @@ def throughputRows(results: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def ceilingVerdict(results: dict[str, Any]) -> str:
+    """
+    Whether the ceiling row was above every other row, column by column: if
+    it was, the generator had room to spare and did not limit the servers.
+    """
+    loads = [(f"rr {c}", results["rr"][str(c)], "rounds_per_s") for c in RR_CONNECTIONS]
+    loads.append(("bulk", results["bulk"], "mb_per_s"))
+    above, notAbove = [], []
+    for label, runs, key in loads:
+        ceiling = figure(runs[C_EPOLL], key)
+        best = max(figure(runs[name], key) for name in runs if name != C_EPOLL)
+        (above if ceiling > best else notAbove).append(label)
+    if not notAbove:
+        return "The ceiling was above every server in every column."
+    return (
+        f"The ceiling was above every server for {', '.join(above) or 'no load'}; "
+        f"not for {', '.join(notAbove)}: there the generator, or the noise of a "
+        f"shared machine, may have limited the figures."
+    )
+
+
 def generatorRatios(results: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """Per server, the medians of cload's and caret-bench's rounds per second."""
     return {
@@ -686,6 +707,7 @@ def main() -> None:
     parse.add_argument(
         "--from-json", type=Path, help="re-render from a previous benchmarks.json"
     )
+    parse.add_argument("--save-json", type=Path, help="also write the raw results here")
     options = parse.parse_args()
     if shutil.which("cc") is None:
         sys.exit("compare.py: needs a C compiler (cc) for benchmarks/cload.c")
@@ -705,6 +727,8 @@ def main() -> None:
     results["options"] = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in results["options"].items()
     }
+    if options.save_json:
+        options.save_json.write_text(json.dumps(results, indent=1) + "\n")
     print(render(results))
     print()
     print(summary(results))

@@ -35,7 +35,7 @@ LOADS = {
 }
 
 MEANING = {
-    "untilConcludes": "``send()`` system call (Twisted's write path)",
+    "untilConcludes": "``send()`` system call",
     "Connection.doRead": "``recv()`` system call",
     "EPollReactor.doPoll": "``epoll_wait()``",
     "EPollReactor._add": "``epoll_ctl()``: start writing / reading",
@@ -58,8 +58,8 @@ def frames(line: str) -> tuple[list[str], int]:
     return names, int(count)
 
 
-def profile(port: int, pid: int, load: list[str], seconds: float) -> Path:
-    raw = Path(tempfile.mkstemp(suffix=".raw")[1])
+def profile(port: int, pid: int, load: list[str], seconds: float, folder: Path) -> Path:
+    raw = Path(tempfile.mkstemp(suffix=".raw", dir=folder)[1])
     bench = subprocess.Popen(
         [
             str(BIN / "caret-bench"),
@@ -134,7 +134,13 @@ def main() -> None:
     parse.add_argument("--seconds", type=float, default=10)
     parse.add_argument("--top", type=int, default=12)
     options = parse.parse_args()
-    log = Path(tempfile.mkstemp(suffix=".log")[1])
+    with tempfile.TemporaryDirectory(prefix="caret-profile-") as folder:
+        run(options, Path(folder))
+
+
+def run(options: argparse.Namespace, folder: Path) -> None:
+    """Profile a server started in C{folder}, where its log and samples go."""
+    log = folder / "twistd.log"
     server = subprocess.Popen(
         [
             str(BIN / "twistd"),
@@ -150,15 +156,15 @@ def main() -> None:
     )
     try:
         for _ in range(100):
-            found = LISTENING.search(log.read_text())
+            found = log.exists() and LISTENING.search(log.read_text())
             if found:
                 break
             time.sleep(0.1)
         else:
-            sys.exit(f"twistd caret did not start; see {log}")
+            sys.exit(f"twistd caret did not start:\n{log.read_text()}")
         port = int(found.group(1))
         for title, load in LOADS.items():
-            raw = profile(port, server.pid, load, options.seconds)
+            raw = profile(port, server.pid, load, options.seconds, folder)
             print(f"{title}\n{'~' * len(title)}\n")
             command = f"caret-bench 127.0.0.1 PORT {' '.join(load)}"
             print(f"``{command}``; {table(raw, options.top)}\n")

@@ -15,7 +15,7 @@ import socket
 import struct
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import tcp, unix
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -224,7 +224,9 @@ class WhichTransportsTests(TestCase):
             "dataBuffer",
         ):
             self.assertTrue(hasattr(transport, name), name)
-        self.assertTrue(issubclass(tcp.Server, tcp.Connection))
+        # TCP and UNIX transports, on either side, are socket connections.
+        for transport in (tcp.Server, tcp.Client, unix.Server, unix.Client):
+            self.assertTrue(issubclass(transport, tcp.Connection), transport)
 
 
 class ResetTests(TestCase):
