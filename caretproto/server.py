@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from caretproto.rules import GREETING, State, feed
-from caretproto.writenow import writeNow
+from caretproto.writenow import socketTransport, writeNow
 
 
 def describeAddress(address: IAddress | None) -> str:
@@ -127,6 +127,8 @@ class CaretProtocol(Protocol, TimeoutMixin):
     startedAt = 0.0
     _producing = False
     _finishing = False
+    _lingering = False
+    _readClosed = False
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
@@ -162,8 +164,11 @@ class CaretProtocol(Protocol, TimeoutMixin):
         self.bytesSent = len(GREETING)
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
         self.bytesReceived += len(data)
+        if self._lingering:
+            # Dropped, and no reason to keep the session: see finish.
+            return
+        self.resetTimeout()
         self.state, reply, ended = feed(self.state, data)
         self.messages += ended
         if reply:
@@ -175,8 +180,18 @@ class CaretProtocol(Protocol, TimeoutMixin):
 
     def finish(self) -> None:
         """
-        End the session as the protocol ends it: stop reading, deliver every
-        reply already owed, then close.
+        End the session as the protocol ends it: answer nothing more, deliver
+        every reply already owed, then close.
+
+        If the client may still be sending (the server ends the session: idle
+        timeout, shutdown), a session on a plain socket closes only its
+        sending side, then reads and drops whatever the client sends until
+        the client closes too.  Closing a socket whose input is unread makes
+        the kernel reset the connection and throw away the replies it has
+        not transmitted yet; a client flooding a paused session lost the
+        last few KiB of its replies that way.  The timeouts that end a
+        session (C{idleTimeout}, the shutdown timeout) still abort a client
+        that never closes.
         """
         # No producer from now on: a transport closes only once its producer
         # is gone (TLS would otherwise never send its close).
@@ -184,18 +199,30 @@ class CaretProtocol(Protocol, TimeoutMixin):
         if self._producing:
             self._producing = False
             self.transport.unregisterProducer()
-        self.transport.loseConnection()
+        connection = socketTransport(self.transport)
+        if self._readClosed or not self.greeted or connection is None:
+            self.transport.loseConnection()
+            return
+        self._lingering = True
+        connection.loseWriteConnection()
+        if self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
 
     def readConnectionLost(self) -> None:
         """
         The client closed its sending side: as docs/protocol.rst says in
         "Ending a session", send what is owed and close too.
         """
-        self.finish()
+        self._readClosed = True
+        if self._lingering:
+            self.transport.loseConnection()
+        else:
+            self.finish()
 
     def writeConnectionLost(self) -> None:
         """
-        The server never half-closes; nothing to do.
+        Every owed reply has gone after L{finish}: the client closes next.
         """
 
     def callLater(self, period: float, func: Any) -> IDelayedCall:

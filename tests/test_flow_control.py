@@ -162,4 +162,6 @@ class FlowControlLoopbackTests(TestCase):
         client.transport.resumeProducing()  # type: ignore[union-attr]
         received = await client.done
         self.assertEqual(received, GREETING + referenceReplies(payload[:read]))
+        # The server closes once the client has: see CaretProtocol.finish.
+        await factory.whenIdle()
         self.assertEqual(factory.sessions, set())

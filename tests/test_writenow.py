@@ -19,6 +19,7 @@ from twisted.internet import tcp, unix
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
 from twisted.internet.testing import StringTransport
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
@@ -42,6 +43,8 @@ class FakeSocket:
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.shutdowns: list[int] = []
+        self.closed = False
         self.room: int | None = None
         self.error: int | None = None
 
@@ -50,6 +53,12 @@ class FakeSocket:
 
     def fileno(self) -> int:
         return -1
+
+    def shutdown(self, how: int) -> None:
+        self.shutdowns.append(how)
+
+    def close(self) -> None:
+        self.closed = True
 
     def send(self, data: Any) -> int:
         if self.error is not None:
@@ -60,7 +69,8 @@ class FakeSocket:
             self.room -= len(taken)
         if not taken and data:
             raise BlockingIOError(errno.EAGAIN, "full")
-        self.sent.append(taken)
+        if taken:
+            self.sent.append(taken)
         return len(taken)
 
 
@@ -85,6 +95,9 @@ class FakeReactor:
     def removeWriter(self, writer: FileDescriptor) -> None:
         self.writers.discard(writer)
 
+    def callLater(self, delay: float, f: Any, *args: Any) -> None:
+        """An aborted transport's connectionLost: not run here."""
+
 
 class Lost(CaretProtocol):
     """A session that counts its connectionLost calls."""
@@ -96,13 +109,16 @@ class Lost(CaretProtocol):
         super().connectionLost(reason)
 
 
-def sessionOnSocket() -> tuple[CaretProtocol, tcp.Server, FakeSocket, FakeReactor]:
+def sessionOnSocket(
+    factory: CaretFactory | None = None,
+) -> tuple[Lost, tcp.Server, FakeSocket, FakeReactor]:
     """A greeted session on a TCP server transport over a fake socket."""
-    factory = clockedFactory()[0]
+    if factory is None:
+        factory = clockedFactory()[0]
     factory.protocol = Lost
     fake, fakeReactor = FakeSocket(), FakeReactor()
     session = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    assert isinstance(session, CaretProtocol)
+    assert isinstance(session, Lost)
     transport = tcp.Server(
         fake,  # type: ignore[arg-type]
         session,
@@ -261,3 +277,50 @@ class ResetTests(TestCase):
         await ended
         self.assertEqual(session.lostCount, 1)
         self.assertNotIn(session, factory.sessions)
+
+
+class LingeringCloseTests(TestCase):
+    """
+    A session the server ends closes its sending side first and drops what
+    the client still sends: closing with input unread would make the kernel
+    reset the connection, throwing away replies not yet transmitted.
+    """
+
+    def test_finish_closes_the_sending_side_and_reads_on(self) -> None:
+        session, transport, fake, fakeReactor = sessionOnSocket()
+        session.pauseProducing()
+        session.finish()
+        transport.doWrite()
+        self.assertEqual(fake.shutdowns, [socket.SHUT_WR])
+        self.assertFalse(fake.closed)
+        self.assertIn(transport, fakeReactor.readers)
+        session.dataReceived(b"^abc")
+        self.assertEqual(fake.sent, [GREETING])
+
+    def test_the_client_closing_then_closes_the_connection(self) -> None:
+        session, transport, fake, _ = sessionOnSocket()
+        session.finish()
+        transport.doWrite()
+        session.readConnectionLost()
+        self.assertTrue(fake.closed)
+        self.assertEqual(session.lostCount, 1)
+
+    def test_a_client_that_closed_first_is_closed_without_lingering(self) -> None:
+        session, transport, fake, _ = sessionOnSocket()
+        session.dataReceived(b"^abc")
+        session.readConnectionLost()
+        self.assertIsInstance(transport.doWrite(), ConnectionDone)
+        self.assertEqual(fake.shutdowns, [])
+        self.assertEqual(b"".join(fake.sent), GREETING + b"bcd")
+
+    def test_a_client_sending_on_is_still_cut_off_by_the_idle_timeout(self) -> None:
+        factory, clock = clockedFactory()
+        factory.idleTimeout = 10
+        session, transport, _, _ = sessionOnSocket(factory)
+        clock.advance(10)
+        transport.doWrite()
+        for _ in range(3):
+            clock.advance(4)
+            session.dataReceived(b"^more")
+        self.assertEqual(session.lostCount, 0)
+        self.assertTrue(transport._aborting)
