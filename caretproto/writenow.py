@@ -6,12 +6,12 @@ does, rather than on the reactor's next turn, as Twisted does.
 Twisted's socket transports buffer every C{write} and register the socket for
 writability, and only send once the reactor says it may: per reply, two
 C{epoll_ctl} calls and an extra wake-up.  For caret's one-reply-per-read
-traffic that was half the cost of a round (C{strace -c} on 100 connections
-doing round trips: 16,208 C{epoll_ctl} calls for 7,962 rounds, against 200 in
-all for plain asyncio).  Sending at once when nothing waits made rounds on
-100 connections 1.5 times as fast (57k to 87k a second with
-benchmarks/cload.c, one run on the 2-core development machine) and on 1,000
-connections from 46k to 72k.
+traffic that was a third of the server's cost per round.  Measured with
+benchmarks/cload.c on 100 connections (16-byte round trips; the server's CPU
+time per round, three interleaved runs of 2 s, 2-core machine shared with
+other work): 20.2 µs before, 15.4 µs with this, plain asyncio 12.2 µs; on
+1,000 connections 32.8, 20.3 and 23.4 µs.  C{strace -c} over a 2 s run on
+100 connections: C{epoll_ctl} went from two per round to one per connection.
 
 L{writeNow} does this for one write, on one connection, and leaves everything
 else to Twisted: it is used by caret's own protocols (the server's sessions,

@@ -208,6 +208,21 @@ class WhichTransportsTests(TestCase):
     Twisted's attributes this relies on are checked here too.
     """
 
+    def test_twisted_itself_is_unchanged_for_other_services(self) -> None:
+        """
+        Write at once is caret's protocols calling L{writeNow}, not a patch:
+        a web site in the same process writes through Twisted's own method.
+        """
+        import caretproto.tap  # noqa: F401  (everything the server loads)
+
+        for method in (
+            tcp.Server.write,
+            tcp.Server.writeSomeData,
+            tcp.Server.doWrite,
+            tcp.Server.startWriting,
+        ):
+            self.assertTrue(method.__module__.startswith("twisted."), method)
+
     def test_string_transport_has_no_socket(self) -> None:
         transport = StringTransport()
         self.assertIsNone(socketTransport(transport))
