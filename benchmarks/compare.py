@@ -57,12 +57,11 @@ from typing import Any
 
 import psutil
 
+from caretproto.listening import waitForListening
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ROOT / "benchmarks" / "servers"
 BIN = Path(sys.executable).parent
-
-LISTENING = re.compile(r"caret listening on .*?(\d+)\)?\s*$", re.MULTILINE)
-"""twistd caret's log line naming its port, whichever way it spells it."""
 
 CARET_ONE_AT_A_TIME = "caretproto --max-connections 1"
 """caretproto made sequential by its own option, for the sessions."""
@@ -190,18 +189,15 @@ def _startTwistd(command: list[str], name: str, logFile: Path) -> Server:
     server.name = name
     server.log = logFile
     server.process = subprocess.Popen(command, cwd=ROOT)
-    for _ in range(300):
-        if logFile.exists():
-            found = LISTENING.search(logFile.read_text())
-            if found:
-                server.port = int(found.group(1))
-                server.ps = psutil.Process(server.process.pid)
-                return server
-        if server.process.poll() is not None:
-            break
-        time.sleep(0.1)
-    server.process.terminate()
-    raise RuntimeError(f"twistd caret did not start; see {logFile}")
+    try:
+        (listening,) = waitForListening(logFile, server.process)[:1]
+    except RuntimeError:
+        server.process.terminate()
+        raise
+    assert listening.port is not None
+    server.port = listening.port
+    server.ps = psutil.Process(server.process.pid)
+    return server
 
 
 def bench(server: Server, *args: str, timeout: float = 900) -> dict[str, Any]:
@@ -632,7 +628,8 @@ def ceilingVerdict(results: dict[str, Any]) -> str:
     """
     loads = [(f"rr {c}", results["rr"][str(c)], "rounds_per_s") for c in RR_CONNECTIONS]
     loads.append(("bulk", results["bulk"], "mb_per_s"))
-    above, notAbove = [], []
+    above: list[str] = []
+    notAbove: list[str] = []
     for label, runs, key in loads:
         ceiling = figure(runs[C_EPOLL], key)
         best = max(figure(runs[name], key) for name in runs if name != C_EPOLL)

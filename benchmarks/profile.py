@@ -23,11 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from caretproto.listening import waitForListening
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-LISTENING = re.compile(r"caret listening on .*?(\d+)\)?\s*$", re.MULTILINE)
-"""twistd caret's log line naming its port, whichever way it spells it."""
 
 LOADS = {
     "rr, 100 connections, 16-byte messages": ["-c", "100", "-P", "2"],
@@ -155,14 +154,11 @@ def run(options: argparse.Namespace, folder: Path) -> None:
         cwd=ROOT,
     )
     try:
-        for _ in range(100):
-            found = log.exists() and LISTENING.search(log.read_text())
-            if found:
-                break
-            time.sleep(0.1)
-        else:
-            sys.exit(f"twistd caret did not start:\n{log.read_text()}")
-        port = int(found.group(1))
+        try:
+            port = waitForListening(log, server)[0].port
+        except RuntimeError as reason:
+            sys.exit(f"twistd caret did not start: {reason}")
+        assert port is not None
         for title, load in LOADS.items():
             raw = profile(port, server.pid, load, options.seconds, folder)
             print(f"{title}\n{'~' * len(title)}\n")
