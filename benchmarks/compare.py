@@ -44,6 +44,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -200,8 +201,13 @@ def _startTwistd(command: list[str], name: str, logFile: Path) -> Server:
     return server
 
 
-def bench(server: Server, *args: str, timeout: float = 900) -> dict[str, Any]:
-    """One caret-bench run against C{server}; its JSON report."""
+def bench(server: Server, *args: str, timeout: float = 300) -> dict[str, Any]:
+    """
+    One caret-bench run against C{server}; its JSON report.
+
+    @raise RuntimeError: it failed, or took over C{timeout} seconds (it is
+        then killed with its worker processes).
+    """
     command = [
         str(BIN / "caret-bench"),
         "127.0.0.1",
@@ -209,12 +215,23 @@ def bench(server: Server, *args: str, timeout: float = 900) -> dict[str, Any]:
         "--json",
         *args,
     ]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, check=False
+    # A session of its own, so that a run that hangs goes with its workers.
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    if not done.stdout.strip():
-        raise RuntimeError(f"caret-bench failed: {command}\n{done.stderr}")
-    figures: dict[str, Any] = json.loads(done.stdout)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise RuntimeError(f"caret-bench took over {timeout:g}s: {command}") from None
+    if not stdout.strip():
+        raise RuntimeError(f"caret-bench failed: {command}\n{stderr}")
+    figures: dict[str, Any] = json.loads(stdout)
     figures["command"] = "caret-bench HOST PORT " + " ".join(args)
     return figures
 
@@ -355,7 +372,11 @@ def measure(options: argparse.Namespace, logDir: Path) -> dict[str, Any]:
     quick = options.quick
     duration = options.duration
     repeat = options.repeat
-    results: dict[str, Any] = {"machine": machine(), "options": vars(options)}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "options": vars(options),
+        "failures": [],
+    }
     everyServer = list(dict.fromkeys([*THROUGHPUT_MODELS, *SESSION_MODELS]))
     with running(everyServer, logDir) as servers:
         say("bulk, 1 connection (cload)")
@@ -403,9 +424,17 @@ def measure(options: argparse.Namespace, logDir: Path) -> dict[str, Any]:
             results["sessions"][name] = {}
             for n in sessionsN.get(name, concurrentN):
                 say(f"sessions, {name}, N = {n}")
-                results["sessions"][name][str(n)] = bench(
-                    servers[name], "-m", "sessions", "-c", str(n), "-P", "2"
-                )
+                try:
+                    results["sessions"][name][str(n)] = bench(
+                        servers[name],
+                        *("-m", "sessions", "-c", str(n), "-P", "2"),
+                        timeout=90,
+                    )
+                except RuntimeError as failure:
+                    # One model failing (a thread per connection, where the
+                    # system allows fewer threads) must not lose the run.
+                    say(str(failure))
+                    results["failures"].append(f"{name}, {n} sessions: {failure}")
 
     # Memory is measured on fresh servers: one that has served a thousand
     # connections before keeps the heap it grew for them.
@@ -418,11 +447,15 @@ def measure(options: argparse.Namespace, logDir: Path) -> dict[str, Any]:
             say(f"hold, {name}, {connections} connections")
             with running([name], logDir) as fresh:
                 time.sleep(1)
-                results["hold"][str(connections)][name] = benchWatchingMemory(
-                    fresh[name],
-                    *("-m", "hold", "-c", str(connections), "-d", "2"),
-                    *("-P", "2", "--greeting-timeout", "5"),
-                )
+                try:
+                    results["hold"][str(connections)][name] = benchWatchingMemory(
+                        fresh[name],
+                        *("-m", "hold", "-c", str(connections), "-d", "2"),
+                        *("-P", "2", "--greeting-timeout", "5"),
+                    )
+                except RuntimeError as failure:
+                    say(str(failure))
+                    results["failures"].append(f"{name}, hold {connections}: {failure}")
     return results
 
 
@@ -589,6 +622,8 @@ def render(results: dict[str, Any]) -> str:
         for m in sessionModels
     ]
     out.append(table(["N", *header], rows))
+    for failure in results.get("failures", []):
+        out.append(f"\nNot measured: {failure.splitlines()[0]}\n")
     out.append("\n.. image:: elapsed.png\n   :alt: elapsed time against N per model\n")
     return "\n".join(out)
 
