@@ -591,7 +591,7 @@ def render(results: dict[str, Any]) -> str:
     out.append("\nReference sessions: elapsed time against N\n" + "-" * 42 + "\n")
     out.append(
         "``caret-bench HOST PORT -m sessions -c N -P 2``: the reference "
-        "session of docs/protocol.rst (about 2.2 s of script) on N connections at "
+        "session of :doc:`protocol` (about 2.2 s of script) on N connections at "
         "once; seconds from the first connect to the last close, one run each. "
         "Figures in *italics* are extrapolated, not measured: a sequential "
         "server takes N x one session, a pool of 64 takes ⌈N / 64⌉ batches; "

@@ -161,7 +161,7 @@ def run(options: argparse.Namespace, folder: Path) -> None:
         assert port is not None
         for title, load in LOADS.items():
             raw = profile(port, server.pid, load, options.seconds, folder)
-            print(f"{title}\n{'~' * len(title)}\n")
+            print(f"{title}\n{'-' * len(title)}\n")
             command = f"caret-bench 127.0.0.1 PORT {' '.join(load)}"
             print(f"``{command}``; {table(raw, options.top)}\n")
     finally:
