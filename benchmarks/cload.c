@@ -45,10 +45,31 @@ struct conn {
 
 static int bulk(struct conn *conns, int n, double duration, int ep);
 
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+#define OVER (-2)
+
+/* Wait for ready connections: how many, OVER once the measurement's
+ * deadline has passed, -1 on error. */
+static int waitReady(int ep, struct epoll_event *events, int measuring,
+                     double deadline) {
+    int timeout = 1000;
+    if (measuring) {
+        double left = deadline - now();
+        if (left <= 0) return OVER;
+        timeout = (int)(left * 1000) + 1;
+    }
+    int ready = epoll_wait(ep, events, 1024, timeout);
+    if (ready < 0 && errno != EINTR) {
+        perror("cload: epoll_wait");
+        return -1;
+    }
+    return ready < 0 ? 0 : ready;
 }
 
 int main(int argc, char **argv) {
@@ -122,17 +143,9 @@ int main(int argc, char **argv) {
     double start = 0, deadline = 0;
     int measuring = 0;
     while (alive > 0) {
-        int timeout = 1000;
-        if (measuring) {
-            double left = deadline - now();
-            if (left <= 0) break;
-            timeout = (int)(left * 1000) + 1;
-        }
-        int ready = epoll_wait(ep, events, 1024, timeout);
-        if (ready < 0 && errno != EINTR) {
-            perror("cload: epoll_wait");
-            return 1;
-        }
+        int ready = waitReady(ep, events, measuring, deadline);
+        if (ready == OVER) break;
+        if (ready < 0) return 1;
         for (int e = 0; e < ready; e++) {
             struct conn *c = &conns[events[e].data.u32];
             ssize_t r = recv(c->fd, buf, 65536, 0);
@@ -210,17 +223,9 @@ static int bulk(struct conn *conns, int n, double duration, int ep) {
     int measuring = 0;
     unsigned long long startBytes = 0, received = 0;
     while (alive > 0) {
-        int timeout = 1000;
-        if (measuring) {
-            double left = deadline - now();
-            if (left <= 0) break;
-            timeout = (int)(left * 1000) + 1;
-        }
-        int ready = epoll_wait(ep, events, 1024, timeout);
-        if (ready < 0 && errno != EINTR) {
-            perror("cload: epoll_wait");
-            return 1;
-        }
+        int ready = waitReady(ep, events, measuring, deadline);
+        if (ready == OVER) break;
+        if (ready < 0) return 1;
         for (int e = 0; e < ready; e++) {
             struct conn *c = &conns[events[e].data.u32];
             if (!c->alive) continue;
