@@ -253,6 +253,7 @@ class WhichTransportsTests(TestCase):
             "_tempDataLen",
             "_tempDataBuffer",
             "dataBuffer",
+            "socket",
         ):
             self.assertTrue(hasattr(transport, name), name)
         # TCP and UNIX transports, on either side, are socket connections.
