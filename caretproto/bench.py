@@ -43,7 +43,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from caretproto.reference import REFERENCE_SCRIPT, Script, expectedReplies
+from caretproto.reference import (
+    REFERENCE_SCRIPT,
+    Script,
+    ScriptRunner,
+    expectedReplies,
+)
 from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed, replyTo
 from caretproto.writenow import writeNow
 
@@ -332,55 +337,54 @@ class _Stream(_Connection):
         super().connectionLost(reason)
 
 
+class _SessionSteps(ScriptRunner):
+    """
+    The reference session's steps on one load connection, checked read by
+    read and ended at the last reply (L{ScriptRunner.followReplies}).
+    """
+
+    followReplies = True
+
+    def __init__(
+        self, session: _Session, reactor: IReactorTime, script: Script, expected: bytes
+    ) -> None:
+        super().__init__(reactor, session.send, script, expected)
+        self.session = session
+
+    def scriptEnded(self) -> None:
+        self.session.finish()
+
+    def repliesWrong(self) -> None:
+        self.session.fail(
+            f"expected the replies {self.expected!r}, got {self.received!r}"
+        )
+
+
 class _Session(_Connection):
     """The reference client session of docs/protocol.rst, timed."""
 
     def setUp(self, reactor: IReactorTime, script: Script, expected: bytes) -> None:
-        self.reactor = reactor
-        self.script = script
-        self.expected = expected
-        self.received = b""
-        self.step = 0
-        self.waiting: IDelayedCall | None = None
+        self.steps = _SessionSteps(self, reactor, script, expected)
+
+    def send(self, data: bytes) -> None:
+        writeNow(self.transport, data)
 
     def begin(self) -> None:
-        self.sendStep()
-
-    def sendStep(self) -> None:
-        sending, wait = self.script[self.step]
-        self.step += 1
-        writeNow(self.transport, sending)
-        self.waiting = self.reactor.callLater(wait, self.waited)
-
-    def waited(self) -> None:
-        self.waiting = None
-        if self.step < len(self.script):
-            self.sendStep()
-        elif self.received == self.expected:
-            self.finish()
+        self.steps.start()
 
     def replyReceived(self, data: bytes) -> None:
-        received = self.received + data
-        if not self.expected.startswith(received):
-            self.fail(f"expected the replies {self.expected!r}, got {received!r}")
-            return
-        self.received = received
-        if received == self.expected and self.step == len(self.script):
-            if self.waiting is None:
-                self.finish()
+        self.steps.replyReceived(data)
 
     def finish(self) -> None:
         self.load.latencies.append(time.perf_counter() - self.load.startedAt)
         self.close()
 
     def fail(self, reason: str) -> None:
-        if self.waiting is not None and self.waiting.active():
-            self.waiting.cancel()
+        self.steps.stop()
         super().fail(reason)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.waiting is not None and self.waiting.active():
-            self.waiting.cancel()
+        self.steps.stop()
         super().connectionLost(reason)
 
 

@@ -1,19 +1,24 @@
-# -*- test-case-name: tests.test_session -*-
+# -*- test-case-name: tests.test_reference,tests.test_session -*-
 """
 The reference session of the specification (docs/protocol.rst): the buffers
-the reference client sends, with their pauses, and the replies a caret server
-owes for them.
+the reference client sends, with their pauses, the replies a caret server
+owes for them, and L{ScriptRunner}, the one implementation of playing those
+steps on a connection.
 
-This is the specification's data, kept beside the rules
+This is the specification's data and its steps, kept beside the rules
 (L{caretproto.rules}) that compute the replies, so that whatever runs the
 session (C{caret-client} through L{caretproto.session}, C{caret-bench}'s
 C{sessions} mode through L{caretproto.bench}) takes it from here without
-loading the other.  It is not a client: it sends nothing.
+loading the other.  It opens no connection, logs nothing and keeps no
+tally: a runner writes through the C{send} it is given, and its owner adds
+what it needs (a log line per step, a session's duration) through hooks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from caretproto.rules import State, feed
 
@@ -39,3 +44,102 @@ def expectedReplies(script: Script) -> bytes:
         state, reply, _ = feed(state, data)
         replies.append(reply)
     return b"".join(replies)
+
+
+class ScriptRunner:
+    """
+    Plays a script on one greeted connection: sends each buffer through
+    C{send}, waits its pause on C{clock}, and keeps the replies as they
+    arrive.  Override the hooks (L{sending}, L{scriptEnded},
+    L{repliesWrong}) to see the steps; the owner feeds it the replies
+    (L{replyReceived}) and stops it (L{stop}) when the connection ends.
+
+    @cvar followReplies: C{False}, the runner ends when the last pause has
+        elapsed and leaves the replies for its owner to judge once the
+        server has closed (C{caret-client}, which reports what came).
+        C{True}, it checks each read as it arrives, calls L{repliesWrong} at
+        the first wrong byte, and ends only once every reply has arrived as
+        well: the handshake of docs/protocol.rst (C{caret-bench}, which
+        times the session to its last reply).
+    @ivar expected: every reply byte the script is owed.
+    @ivar received: the reply bytes received so far.
+    @ivar ended: whether L{scriptEnded} was called or the runner stopped.
+    """
+
+    followReplies = False
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        send: Callable[[bytes], object],
+        script: Script = REFERENCE_SCRIPT,
+        expected: bytes | None = None,
+    ) -> None:
+        """
+        @param expected: the replies C{script} is owed, if the caller has
+            computed them once for many runners.
+        """
+        self.clock = clock
+        self.send = send
+        self.script = script
+        self.expected = expectedReplies(script) if expected is None else expected
+        self.received = b""
+        self.ended = False
+        self._step = 0
+        self._lastPauseOver = False
+        self._stopped = False
+        self._waiting: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """The greeting has come: send the first buffer."""
+        self._sendStep()
+
+    def stop(self) -> None:
+        """Send nothing more and call no hook: the connection has ended."""
+        self.ended = self._stopped = True
+        if self._waiting is not None and self._waiting.active():
+            self._waiting.cancel()
+        self._waiting = None
+
+    def replyReceived(self, data: bytes) -> None:
+        """Reply bytes arrived, as cut by the network."""
+        self.received += data
+        # Past the end, a byte is still checked: the script is owed no more.
+        if not self.followReplies or self._stopped:
+            return
+        if not self.expected.startswith(self.received):
+            self.stop()
+            self.repliesWrong()
+        elif self._lastPauseOver and len(self.received) == len(self.expected):
+            self._end()
+
+    def sending(self, data: bytes) -> None:
+        """Hook: C{data} is about to be sent."""
+
+    def scriptEnded(self) -> None:
+        """Hook: the last pause has elapsed (and, if L{followReplies}, every
+        reply has arrived).  The owner closes the connection."""
+
+    def repliesWrong(self) -> None:
+        """Hook, if L{followReplies}: L{received} is not what the script is
+        owed.  The runner has stopped; the owner ends the connection."""
+
+    def _sendStep(self) -> None:
+        data, pause = self.script[self._step]
+        self._step += 1
+        self.sending(data)
+        self.send(data)
+        self._waiting = self.clock.callLater(pause, self._waited)
+
+    def _waited(self) -> None:
+        self._waiting = None
+        if self._step < len(self.script):
+            self._sendStep()
+            return
+        self._lastPauseOver = True
+        if not self.followReplies or len(self.received) == len(self.expected):
+            self._end()
+
+    def _end(self) -> None:
+        self.ended = True
+        self.scriptEnded()

@@ -29,7 +29,6 @@ from twisted.internet.defer import (
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, formatEvent
 from zope.interface import implementer
 
@@ -39,7 +38,12 @@ from caretproto.client import (
     GreetingError,
     connectEndpoint,
 )
-from caretproto.reference import REFERENCE_SCRIPT, Script, expectedReplies
+from caretproto.reference import (
+    REFERENCE_SCRIPT,
+    Script,
+    ScriptRunner,
+    expectedReplies,
+)
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -97,33 +101,88 @@ class _SessionFailed(Exception):
 
 
 class _SessionClient(CaretClientProtocol):
-    """A client that logs and keeps every reply byte, as the reference does."""
+    """
+    A client that logs every step and every read as the reference does, and
+    plays the script through its L{_SessionSteps}.
+    """
 
-    def __init__(self, name: str, log: Logger, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        name: str,
+        log: Logger,
+        clock: IReactorTime,
+        script: Script,
+        expected: bytes,
+    ) -> None:
         super().__init__()
         self.name = name
         self._log = log
         self.clock = clock
-        self.received = bytearray()
+        self.steps = _SessionSteps(self, script, expected)
+
+    def info(self, format: str, **kwargs: object) -> None:
+        """Log a step of this session, at the session's clock's time."""
+        self._log.info(format, conn=self.name, at=self.clock.seconds(), **kwargs)
 
     def replyReceived(self, data: bytes) -> None:
-        self.received += data
-        self._log.info(
-            "{conn} received {data!r}",
-            conn=self.name,
-            data=data,
-            at=self.clock.seconds(),
+        self.info("{conn} received {data!r}", data=data)
+        self.steps.replyReceived(data)
+
+
+class _SessionSteps(ScriptRunner):
+    """
+    The script's steps on a L{_SessionClient}: each send logged, the end of
+    the last pause (or the server closing first) reported through L{done}.
+    The replies are judged by L{_session} once the server has closed, so
+    that a wrong server's every byte is in the log and the L{Outcome}.
+
+    @ivar done: fires when the last pause has elapsed; fails with
+        L{_SessionFailed} if the server closes before.
+    """
+
+    def __init__(self, client: _SessionClient, script: Script, expected: bytes) -> None:
+        super().__init__(client.clock, client.send, script, expected)
+        self.client = client
+        self.done: Deferred[None] = Deferred()
+
+    def sending(self, data: bytes) -> None:
+        self.client.info("{conn} sending {data!r}", data=data)
+
+    def scriptEnded(self) -> None:
+        self.done.callback(None)
+
+    def lost(self) -> None:
+        """The connection is gone: before the script ended, that fails it."""
+        if self.ended:
+            return
+        self.stop()
+        self.done.errback(
+            _SessionFailed(
+                "connection lost",
+                f"the server closed after {self.received!r}, before the session ended",
+            )
         )
 
 
 class _SessionClientFactory(CaretClientFactory):
-    def __init__(self, name: str, log: Logger, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        name: str,
+        log: Logger,
+        clock: IReactorTime,
+        script: Script,
+        expected: bytes,
+    ) -> None:
         self.name = name
         self._log = log
         self.clock = clock
+        self.script = script
+        self.expected = expected
 
     def buildProtocol(self, addr: object) -> _SessionClient:
-        client = _SessionClient(self.name, self._log, self.clock)
+        client = _SessionClient(
+            self.name, self._log, self.clock, self.script, self.expected
+        )
         client.factory = self
         return client
 
@@ -149,15 +208,12 @@ async def _session(
     script: Script,
     timeout: float,
 ) -> Outcome:
-    def info(format: str, **kwargs: object) -> None:
-        log.info(format, conn=name, at=clock.seconds(), **kwargs)
-
     expected = expectedReplies(script)
     client: _SessionClient | None = None
     try:
         try:
             connected = connectEndpoint(
-                endpoint, _SessionClientFactory(name, log, clock)
+                endpoint, _SessionClientFactory(name, log, clock, script, expected)
             )
             client = cast(
                 _SessionClient,
@@ -169,25 +225,18 @@ async def _session(
             raise
         except Exception as error:
             raise _SessionFailed("could not connect", str(error)) from None
-        info("{conn} connected...")
+        client.info("{conn} connected...")
         try:
             await _within(client.greeted, clock, timeout, "no greeting")
         except GreetingError as error:
             raise _SessionFailed("no greeting", str(error)) from None
-        for data, pause in script:
-            info("{conn} sending {data!r}", data=data)
-            client.send(data)
-            await deferLater(clock, pause)
-            if client.closed.called:
-                raise _SessionFailed(
-                    "connection lost",
-                    f"the server closed after {bytes(client.received)!r}, before "
-                    f"the session ended",
-                )
-        info("{conn} disconnecting")
+        client.steps.start()
+        client.closed.addCallback(lambda _: client.steps.lost())
+        await client.steps.done
+        client.info("{conn} disconnecting")
         client.close()
         await _within(client.closed, clock, timeout, "server did not close")
-        received = bytes(client.received)
+        received = client.steps.received
         if received != expected:
             raise _SessionFailed(
                 "wrong replies", f"received {received!r}, expected {expected!r}"
@@ -203,7 +252,8 @@ async def _session(
         )
         received = b""
         if client is not None:
-            received = bytes(client.received)
+            client.steps.stop()
+            received = client.steps.received
             if not client.closed.called:
                 client.abort()
         return Outcome(name, received, failed.failure, failed.detail)
