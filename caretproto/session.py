@@ -5,8 +5,10 @@ connections at once, in one reactor.
 L{runSessions} opens N connections through one client endpoint and runs the
 script on each concurrently: wait for the greeting, send three buffers with
 their pauses, close, and check that the bytes received are what
-L{caretproto.rules} says a caret server answers.  It logs what it does in
-the reference format (L{ReferenceLogObserver}) and reports each
+L{caretproto.rules} says a caret server answers.  The steps themselves are
+played by L{caretproto.reference.ScriptRunner}, as C{caret-bench}'s are;
+this module adds the connection, the timeouts and the log.  It logs what
+it does in the reference format (L{ReferenceLogObserver}) and reports each
 connection's L{Outcome}.  Time comes from the reactor given, so tests drive
 it with a C{twisted.internet.task.Clock}.
 
