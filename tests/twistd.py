@@ -150,8 +150,13 @@ class Twistd(ProcessProtocol):
             raise AssertionError(f"not listening on 127.0.0.1:\n{self.output}")
         probe = await connect(port)
         await probe.receivedAtLeast(len(GREETING))
-        probe.transport.loseConnection()  # type: ignore[union-attr]
+        assert probe.transport is not None
+        probeAddress = probe.transport.getHost()
+        probe.transport.loseConnection()
         await probe.done
+        # The probe is gone only once the server says so: a signal sent
+        # before that would find it still counted among the sessions.
+        await self.logged(rf"127\.0\.0\.1:{probeAddress.port} disconnected")
         return port
 
     def processEnded(self, reason: Failure) -> None:
