@@ -136,7 +136,7 @@ def test_caret_16_byte_messages_one_per_read(benchmark: Any) -> None:
 
 
 def test_caret_16_byte_messages_with_idle_timeout(benchmark: Any) -> None:
-    # twistd caret --idle-timeout 300: every read restarts the idle timer.
+    # twistd caret --idle-timeout 300: every read notes its time for the idle timer.
     protocol, transport = caret(idleTimeout=300)
     benchmark(messages(protocol, transport))
     record(benchmark, "messages/s", MESSAGES_PER_ROUND)
