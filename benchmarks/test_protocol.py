@@ -25,6 +25,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from caretproto.proxy import ProxyProtocolFactory, TrustedProxies
 from caretproto.rules import MSG_END, MSG_START, State
 from caretproto.server import CaretFactory, CaretProtocol
 
@@ -139,6 +140,27 @@ def test_caret_16_byte_messages_with_idle_timeout(benchmark: Any) -> None:
     # twistd caret --idle-timeout 300: every read notes its time for the idle timer.
     protocol, transport = caret(idleTimeout=300)
     benchmark(messages(protocol, transport))
+    record(benchmark, "messages/s", MESSAGES_PER_ROUND)
+
+
+def test_caret_16_byte_messages_behind_the_proxy_protocol(benchmark: Any) -> None:
+    # twistd caret --port haproxy:...: every read passes the PROXY-protocol
+    # wrapper first; beside test_caret_16_byte_messages_one_per_read, its cost.
+    balancer = IPv4Address("TCP", "10.0.0.5", 51000)
+    caret = CaretFactory(clock=Clock())
+    factory = ProxyProtocolFactory(
+        caret,
+        clock=Clock(),
+        headerTimeout=10,
+        trusted=TrustedProxies.fromStrings(["10.0.0.0/24"]),
+    )
+    wrapper = factory.buildProtocol(balancer)
+    assert wrapper is not None
+    transport = StringTransport(peerAddress=balancer)
+    wrapper.makeConnection(transport)
+    wrapper.dataReceived(b"PROXY TCP4 203.0.113.7 10.0.0.9 4242 9090\r\n")
+    assert len(caret.sessions) == 1
+    benchmark(messages(wrapper, transport))
     record(benchmark, "messages/s", MESSAGES_PER_ROUND)
 
 
