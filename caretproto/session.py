@@ -245,10 +245,12 @@ async def _session(
             )
         return Outcome(name, received)
     except _SessionFailed as failed:
+        # Not "failure": Twisted's legacy observers (trial's among them)
+        # take an error event's "failure" field for a Failure.
         log.error(
-            "{conn} {failure}: {detail}",
+            "{conn} {kind}: {detail}",
             conn=name,
-            failure=failed.failure,
+            kind=failed.failure,
             detail=failed.detail,
             at=clock.seconds(),
         )

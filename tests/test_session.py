@@ -13,7 +13,8 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import LegacyLogObserverWrapper, Logger, LogLevel, formatEvent
+from twisted.python.log import textFromEventDict
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -154,6 +155,30 @@ class SessionFailureTests(TestCase):
 
         run = SessionRun(Factory.forProtocol(Impostor))
         self.assertFailed(run, "no greeting", "b'220 smtp")
+
+    def test_a_failure_reaches_legacy_log_observers_as_its_line(self) -> None:
+        """
+        Twisted's legacy observers, trial's among them, take an error
+        event's C{failure} field for a Failure: a session's failure logged
+        under that name, a string, crashed trial's reporter.
+        """
+
+        class Impostor(Greeter):
+            greeting = b"220 smtp.example.com\r\n"
+
+        legacy: list[dict] = []
+        clock, endpoint = Clock(), WiredEndpoint(Factory.forProtocol(Impostor))
+        done = runSessions(
+            clock, endpoint, 1, Logger(observer=LegacyLogObserverWrapper(legacy.append))
+        )
+        endpoint.runUntil(clock, done)
+        self.successResultOf(done)
+        (error,) = [event for event in legacy if event["isError"]]
+        self.assertEqual(
+            textFromEventDict(error),
+            "conn1 no greeting: expected the greeting b'*', "
+            "got b'220 smtp.example.com\\r\\n'",
+        )
 
     def test_a_server_that_never_greets_fails_after_the_timeout(self) -> None:
         run = SessionRun(Factory.forProtocol(Protocol), timeout=5)
