@@ -2,6 +2,11 @@
 caret-bench against the real server on an ephemeral port: it counts what it
 measures, and any wrong byte from the server is an error.  The runs are a
 fraction of a second; nothing here asserts a speed.
+
+caret-bench expects the replies L{caretproto.rules} gives, as the server
+sends them; so that a wrong rule cannot pass unseen, the server's first bytes
+are checked against the tests' model (L{tests.modelserver}), and the broken
+servers break the model's replies, which the tests know.
 """
 
 from __future__ import annotations
@@ -34,12 +39,20 @@ from caretproto.reference import REFERENCE_SCRIPT
 from caretproto.rules import replyTo
 from caretproto.server import CaretFactory, CaretProtocol
 from tests.model import referenceReplies
+from tests.modelserver import GREETING, ModelAnswers, TappedFactory, TappedProtocol
+from tests.workedexample import REFERENCE_REPLIES
 
 SHORT_SCRIPT = tuple((sent, 0.01) for sent, _ in REFERENCE_SCRIPT)
 """The reference session with its waits cut to 10 ms."""
 
+REPLY_TO_16_BYTES = bytes(range(1, 15))
+"""
+The reply to caret-bench's default 16-byte message, whose body is the bytes 0
+to 13: written out, not computed by the rules caret-bench uses.
+"""
 
-class CorruptsTheFifthReply(CaretProtocol):
+
+class CorruptsTheFifthReply(ModelAnswers):
     """A broken server: its fifth reply has one wrong byte, the rest are right."""
 
     replies = 0
@@ -53,14 +66,14 @@ class CorruptsTheFifthReply(CaretProtocol):
         super().dataReceived(data)
 
 
-class DropsBytes(CaretProtocol):
+class DropsBytes(ModelAnswers):
     """A broken server: answers only the first half of each read."""
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data[: max(1, len(data) // 2)])
 
 
-class GreetsOnlyTwo(CaretProtocol):
+class GreetsOnlyTwo(TappedProtocol):
     """A server that serves two clients at once and keeps the rest waiting."""
 
     def connectionMade(self) -> None:
@@ -71,8 +84,10 @@ class GreetsOnlyTwo(CaretProtocol):
 class ServerMixin:
     """Serves a factory on 127.0.0.1, port 0, for one test."""
 
-    def serve(self: Any, protocol: type[CaretProtocol] = CaretProtocol) -> Params:
-        factory = CaretFactory()
+    served: TappedFactory
+
+    def serve(self: Any, protocol: type[CaretProtocol] = TappedProtocol) -> Params:
+        factory = self.served = TappedFactory()
         factory.protocol = protocol
         port: IListeningPort = reactor.listenTCP(  # type: ignore[attr-defined]
             0, factory, interface="127.0.0.1"
@@ -93,6 +108,7 @@ class RoundTripTests(ServerMixin, TestCase):
         params = self.serve()
         tally = await bench(params, mode="rr", connections=3, duration=0.2)
         self.assertEqual(tally.errors, 0, tally.errorSamples)
+        self.assertGreater(self.served.assertAnsweredAsTheModel(), 0)
         self.assertGreater(tally.rounds, 3)
         self.assertEqual(sum(tally.latencyMicros.values()), tally.rounds)
         self.assertEqual(tally.bytes, tally.rounds * 14)
@@ -103,7 +119,9 @@ class RoundTripTests(ServerMixin, TestCase):
         params = self.serve(CorruptsTheFifthReply)
         tally = await bench(params, mode="rr", connections=2, duration=0.2)
         self.assertEqual(tally.errors, 2)
-        self.assertIn("expected the reply", tally.errorSamples[0])
+        self.assertIn(
+            f"expected the reply {REPLY_TO_16_BYTES!r}", tally.errorSamples[0]
+        )
         # Each connection's first four rounds were right and counted.
         self.assertEqual(tally.rounds, 2 * 4)
 
@@ -112,6 +130,7 @@ class RoundTripTests(ServerMixin, TestCase):
         tally = await bench(params, mode="rr", size=300_000, duration=0.2)
         self.assertEqual(tally.errors, 0, tally.errorSamples)
         self.assertGreater(tally.rounds, 0)
+        self.assertGreater(self.served.assertAnsweredAsTheModel(), 0)
 
     async def test_hold_holds_every_connection_then_does_one_round_each(
         self,
@@ -119,6 +138,7 @@ class RoundTripTests(ServerMixin, TestCase):
         params = self.serve()
         tally = await bench(params, mode="hold", connections=50, duration=0.1)
         self.assertEqual((tally.held, tally.rounds, tally.errors), (50, 50, 0))
+        self.assertGreater(self.served.assertAnsweredAsTheModel(), 0)
 
     async def test_connections_never_greeted_are_errors_and_the_rest_run(
         self,
@@ -129,6 +149,7 @@ class RoundTripTests(ServerMixin, TestCase):
         )
         self.assertEqual((tally.held, tally.rounds, tally.errors), (2, 2, 3))
         self.assertIn("no greeting within 0.2s", tally.errorSamples[0])
+        self.assertGreater(self.served.assertAnsweredAsTheModel(), 0)
 
     async def test_unreachable_server_is_an_error_per_connection(self) -> None:
         params = self.serve()
@@ -152,6 +173,7 @@ class BulkTests(ServerMixin, TestCase):
         # per millisecond, down to 7 ms in a 0.2 s window).
         self.assertEqual(tally.errors, 0, tally.errorSamples)
         self.assertGreater(tally.bytes, 0)
+        self.assertGreater(self.served.assertAnsweredAsTheModel(), 0)
 
     async def test_bulk_missing_replies_are_errors(self) -> None:
         params = self.serve(DropsBytes)
@@ -169,8 +191,12 @@ class SessionTests(ServerMixin, TestCase):
         await load.connect()
         tally = await load.start()
         self.assertEqual((tally.rounds, tally.errors), (20, 0))
-        self.assertEqual(tally.bytes, 20 * len(b"bcdbcuf23436bc1111"))
+        self.assertEqual(tally.bytes, 20 * len(REFERENCE_REPLIES))
         self.assertGreaterEqual(min(tally.latencyMicros), 30_000)
+        self.assertEqual(
+            {bytes(tap.sent) for tap in self.served.taps},
+            {GREETING + REFERENCE_REPLIES},
+        )
 
     async def test_sessions_wrong_byte_is_an_error(self) -> None:
         params = self.serve(CorruptsTheFifthReply)
@@ -179,7 +205,9 @@ class SessionTests(ServerMixin, TestCase):
         await load.connect()
         tally = await load.start()
         self.assertEqual((tally.rounds, tally.errors), (0, 3))
-        self.assertIn("expected the replies", tally.errorSamples[0])
+        self.assertIn(
+            f"expected the replies {REFERENCE_REPLIES + b'bc'!r}", tally.errorSamples[0]
+        )
 
 
 class TLSTests(TestCase):
@@ -189,7 +217,7 @@ class TLSTests(TestCase):
         from tests.test_tls import Certificates
 
         certificates = Certificates(self)
-        factory = CaretFactory()
+        factory = TappedFactory()
         port = await serverFromString(reactor, certificates.port()).listen(factory)
         self.addCleanup(factory.whenIdle)
         self.addCleanup(port.stopListening)
@@ -202,6 +230,7 @@ class TLSTests(TestCase):
         tally = await bench(params, mode="rr", connections=2, duration=0.2)
         self.assertEqual(tally.errors, 0, tally.errorSamples)
         self.assertGreater(tally.rounds, 2)
+        self.assertGreater(factory.assertAnsweredAsTheModel(), 0)
 
 
 @pytest.mark.process
@@ -231,13 +260,14 @@ class ProcessesTests(ServerMixin, TestCase):
         self.assertGreater(figures["rounds_per_s"], 0)
         self.assertGreater(figures["mb_per_s"], 0)
         self.assertLessEqual(figures["p50_ms"], figures["p99_ms"])
+        self.assertGreater(self.served.assertAnsweredAsTheModel(), 0)
 
     async def test_wrong_byte_makes_the_exit_status_non_zero(self) -> None:
         params = self.serve(CorruptsTheFifthReply)
         code, out, err = await self.caretBench(params, "-d", "0.2", "-P", "2")
         self.assertEqual(code, 1, err)
         self.assertIn("errors   1", out)
-        self.assertIn("expected the reply", out)
+        self.assertIn(f"expected the reply {REPLY_TO_16_BYTES!r}", out)
 
 
 class OptionsTests(TestCase):

@@ -2,7 +2,9 @@
 The worked example of docs/protocol.rst, run against a real server by tests whose
 subject is something else: TLS, metrics, socket activation.  The answers are
 the table of that section, not L{caretproto.rules}, and the client is
-L{tests.rawclient.RawClient}, which knows nothing of the protocol.
+L{tests.rawclient.RawClient}, which knows nothing of the protocol.  Beside it,
+the reference session's replies, written out, for the tests that run that
+session.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ WORKED_EXAMPLE = [
 
 WORKED_EXAMPLE_ANSWER = b"*bcdbcuf23436bc"
 """All that the server sends, the greeting included."""
+
+REFERENCE_REPLIES = b"bcdbcuf23436bc1111"
+"""
+The replies to the reference session (L{caretproto.reference}, the worked
+example with C{0000} added to its last message), as docs/client.rst gives
+them: written out here, so that the tests that run the session check them
+against the specification and not against L{caretproto.rules}, which the
+session itself uses.
+"""
 
 
 async def runWorkedExample(endpoint: IStreamClientEndpoint) -> bytes:
