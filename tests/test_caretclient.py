@@ -6,6 +6,7 @@ concurrent C{twistd caret}.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import os
 import re
@@ -25,6 +26,7 @@ from twisted.trial.unittest import TestCase
 
 from caretproto.caretclient import Options
 from tests.twistd import LOOPBACK, Twistd
+from tests.workedexample import REFERENCE_REPLIES
 
 CLIENT = [sys.executable, "-m", "caretproto.caretclient"]
 
@@ -144,6 +146,17 @@ def sessionTimes(log: str) -> list[tuple[float, float]]:
     return sorted((first[conn], last[conn]) for conn in first)
 
 
+def repliesIn(log: str) -> dict[str, bytes]:
+    """Every byte each connection of a caret-client log says it received."""
+    replies: dict[str, bytes] = {}
+    for line in log.splitlines():
+        match = LINE.match(line)
+        if match is not None and match["what"].startswith("received "):
+            received = ast.literal_eval(match["what"].removeprefix("received "))
+            replies[match["conn"]] = replies.get(match["conn"], b"") + received
+    return replies
+
+
 def elapsed(log: str) -> float:
     match = re.search(r"^Elapsed: (\d+\.\d\d)$", log, re.MULTILINE)
     assert match is not None, log
@@ -185,6 +198,13 @@ class ReferenceRunTests(TestCase):
         # the concurrent run is not sequential is shown by the overlap below.
         self.assertGreaterEqual(elapsed(sequential), 6.5, sequential)
         self.assertGreaterEqual(elapsed(concurrent), 2.1, concurrent)
+        # caret-client checks replies with caretproto's rules; these are
+        # the specification's, written out.
+        for log in [sequential, concurrent]:
+            self.assertEqual(
+                repliesIn(log),
+                dict.fromkeys(["conn1", "conn2", "conn3"], REFERENCE_REPLIES),
+            )
 
         sessions = sessionTimes(sequential)
         self.assertEqual(len(sessions), 3)

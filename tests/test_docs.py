@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -37,6 +39,7 @@ from tests.docblocks import (
     withPorts,
 )
 from tests.twistd import Twistd
+from tests.workedexample import WORKED_EXAMPLE_ANSWER, runWorkedExample
 
 BINARIES = str(Path(sys.executable).parent)
 
@@ -145,6 +148,14 @@ class DocumentedCommandsTests(TestCase):
                 float(shown) * 0.95 <= float(took) < float(shown) + 2.5,
                 (command.line, took),
             )
+        # caret-client -q checks the replies with caretproto's rules and
+        # shows none; the servers as shown answer the specification's worked
+        # example, written out.
+        for port in ports.values():
+            answer = yield ensureDeferred(
+                runWorkedExample(TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+            )
+            self.assertEqual(answer, WORKED_EXAMPLE_ANSWER)
 
     @inlineCallbacks
     def test_client_example_prints_what_the_page_shows(self) -> Any:

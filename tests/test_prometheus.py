@@ -33,6 +33,7 @@ from tests.tempfolder import tempFolder
 from tests.test_haproxy import freePort
 from tests.test_metrics import get
 from tests.twistd import LOOPBACK, Twistd
+from tests.workedexample import REFERENCE_REPLIES
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -150,6 +151,9 @@ class PrometheusTests(TestCase):
         )
         for report in reports:
             self.assertIsNone(report.summary())
+            self.assertEqual(
+                {outcome.received for outcome in report.outcomes}, {REFERENCE_REPLIES}
+            )
 
         bytesIn = sum(len(data) for data, _ in QUICK_SCRIPT)
         bytesOut = 1 + len(expectedReplies(QUICK_SCRIPT))
@@ -177,6 +181,9 @@ class PrometheusTests(TestCase):
                 QUICK_SCRIPT,
             )
             self.assertIsNone(report.summary())
+            self.assertEqual(
+                {outcome.received for outcome in report.outcomes}, {REFERENCE_REPLIES}
+            )
             _, exposition = await get(
                 Agent(reactor), f"http://127.0.0.1:{metrics}/metrics".encode()
             )

@@ -27,8 +27,9 @@ from caretproto.session import (
     runSessions,
 )
 from tests.wire import WiredEndpoint
+from tests.workedexample import REFERENCE_REPLIES
 
-EXPECTED = b"bcdbcuf23436bc1111"
+EXPECTED = REFERENCE_REPLIES
 
 
 class SessionRun:
@@ -103,6 +104,7 @@ class ReferenceSessionTests(TestCase):
         run = SessionRun(CaretFactory(), count=3)
         self.assertAlmostEqual(run.report.elapsed, 2.2)
         self.assertEqual(run.report.failed, [])
+        self.assertEqual([o.received for o in run.report.outcomes], [EXPECTED] * 3)
         for conn in ["conn1", "conn2", "conn3"]:
             self.assertEqual(run.first(conn, "sending b'^abc$de^abte$f'"), 0.0)
 
@@ -110,6 +112,7 @@ class ReferenceSessionTests(TestCase):
         run = SessionRun(CaretFactory(maxSessions=1), count=3)
         self.assertAlmostEqual(run.report.elapsed, 6.6)
         self.assertEqual(run.report.failed, [])
+        self.assertEqual([o.received for o in run.report.outcomes], [EXPECTED] * 3)
         self.assertEqual(
             [run.first(conn, "connected...") for conn in ["conn1", "conn2", "conn3"]],
             [0.0, 0.0, 0.0],

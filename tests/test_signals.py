@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 from caretproto.rules import GREETING
 from tests.rawclient import connect
 from tests.twistd import LOOPBACK, Twistd
+from tests.workedexample import REFERENCE_REPLIES
 
 
 async def refused(port: int) -> bool:
@@ -37,7 +38,6 @@ async def refused(port: int) -> bool:
 # The reference client session of docs/protocol.rst: what to send, and how
 # long to wait after it; and its replies, worked out by hand.
 REFERENCE = [(b"^abc$de^abte$f", 1.0), (b"xyz^123", 1.0), (b"25$^ab0000$abab", 0.2)]
-REFERENCE_REPLIES = b"bcdbcuf23436bc1111"
 
 
 @pytest.mark.process

@@ -23,8 +23,13 @@ from caretproto.server import CaretFactory
 from caretproto.tap import Options, makeService
 from tests.rawclient import RawClient
 from tests.tempfolder import shortTempPath, tempFolder
+from tests.test_caretclient import repliesIn
 from tests.twistd import Twistd
-from tests.workedexample import WORKED_EXAMPLE_ANSWER, runWorkedExample
+from tests.workedexample import (
+    REFERENCE_REPLIES,
+    WORKED_EXAMPLE_ANSWER,
+    runWorkedExample,
+)
 
 
 async def turns(count: int) -> None:
@@ -197,6 +202,7 @@ class CaretClientTLSTests(TestCase):
         )
         self.assertEqual((err, status), (b"", 0), out)
         self.assertIn(b":conn1 disconnecting", out)
+        self.assertEqual(repliesIn(out.decode()), {"conn1": REFERENCE_REPLIES})
 
     async def test_an_unreadable_ca_is_a_usage_error(self) -> None:
         missing = shortTempPath(self, "ca.pem")
