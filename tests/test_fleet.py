@@ -23,6 +23,7 @@ from tests import inCI
 from tests.tempfolder import shortTempPath
 from tests.test_haproxy import HAPROXY
 from tests.twistd import Twistd
+from tests.workedexample import REFERENCE_REPLIES
 
 FLEET = str(Path(__file__).parent.parent / "benchmarks" / "fleet.py")
 
@@ -88,4 +89,10 @@ class FleetTests(TestCase):
         self.assertEqual(kill["redispatchedAfterDown"], 0)
         self.assertGreater(killPhase["completed"], 0)
         self.assertTrue(all(found["served"].values()), found["served"])
-        self.assertEqual(found["unlogged"], 0)
+        self.assertEqual(
+            (found["unlogged"], found["droppedLogs"]), (0, 0), fleet.output
+        )
+        # The sessions checked their replies with caretproto's rules; every
+        # one that completed received the specification's, written out.
+        completed = sum(phase["completed"] for phase in found["phases"])
+        self.assertEqual(found["replies"], {REFERENCE_REPLIES.decode(): completed})
