@@ -414,7 +414,8 @@ class Session:
     server: str = ""
     redispatched: bool = False
     accepted: float = 0.0
-    received: bytes = b""
+    received: str = ""
+    """The bytes received, as Latin-1 text: one character a byte, for JSON."""
 
 
 class Clients:
@@ -445,7 +446,7 @@ class Clients:
             session.port = noting.port
             session.failure = outcome.failure
             session.detail = outcome.detail
-            session.received = outcome.received
+            session.received = outcome.received.decode("latin-1")
 
     async def stop(self) -> None:
         """Start no more sessions; wait for those running to end."""
@@ -604,8 +605,7 @@ async def runFleet(options: argparse.Namespace, folder: Path) -> dict[str, Any]:
     replies: dict[str, int] = {}
     for session in clients.sessions:
         if not session.failure:
-            text = session.received.decode("latin-1")
-            replies[text] = replies.get(text, 0) + 1
+            replies[session.received] = replies.get(session.received, 0) + 1
     rolling = phases[1]
     claims = {
         "no session failed in the steady phase": phases[0].failed == 0,
