@@ -14,8 +14,10 @@ would pass.  So a test here either
    L{tests.model} instead, when it breaks them on purpose: what is right and
    what is wrong in them is then the test's to say.
 
-Not for the server's own tests, which check its replies against the model
-directly (tests/test_protocol.py and the rest).
+A tapped session writes through its transport's C{write}, Twisted's own way:
+L{caretproto.writenow} finds no socket under the tap.  Not for the server's
+own tests, which check its replies against the model directly
+(tests/test_protocol.py and the rest).
 """
 
 from __future__ import annotations
