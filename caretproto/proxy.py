@@ -219,13 +219,17 @@ class _HeaderFirst(HAProxyProtocolWrapper, TimeoutMixin):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.setTimeout(None)
-        if self._untrusted:
-            self.wrappedProtocol = None  # type: ignore[assignment]
-            return
         if self._header is not None:
             super().connectionLost(reason)
             return
-        self.factory.unregisterProtocol(self)
+        # The session never started: its factory, which counted the
+        # connection as arriving since the port accepted it, learns that it
+        # will not.
+        abandoned = getattr(self.factory.wrappedFactory, "connectionAbandoned", None)
+        if abandoned is not None:
+            abandoned(self.wrappedProtocol)
+        if not self._untrusted:
+            self.factory.unregisterProtocol(self)
         self.wrappedProtocol = None  # type: ignore[assignment]
 
 

@@ -137,9 +137,11 @@ class CaretProtocol(Protocol):
         self.peer = describeAddress(address)
         if not self.factory.peerArrived(address):
             self.transport.loseConnection()
+            self.factory.connectionSettled(self)
             return
         self.admitted = True
         self.factory.sessionArrived(self)
+        self.factory.connectionSettled(self)
 
     def hold(self) -> None:
         """
@@ -288,6 +290,9 @@ class CaretProtocol(Protocol):
         self._setIdleTimeout(self.factory.idleTimeout)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self in self.factory.arriving:
+            # Lost before it started (a subclass may not start every one).
+            self.factory.connectionSettled(self)
         if not self.admitted:
             return
         self._setIdleTimeout(None)
@@ -388,6 +393,11 @@ class CaretFactory(_ServerFactory):
 
     @ivar maxSessions: the most sessions at once, or C{None} for no limit.
     @ivar sessions: the sessions in progress (greeted, not yet gone).
+    @ivar arriving: connections accepted whose protocol has not started yet:
+        a wrapping endpoint starts it later than the port accepts (C{haproxy:}
+        once the PROXY header has come).  To the client, and to a balancer
+        that will not send it elsewhere, such a connection is already its
+        session, so a draining service waits for it as for one.
     @ivar waiting: connections held for a free session, oldest first.
     @ivar acceptor: what accepts this factory's connections, once known.
     @ivar idleTimeout: seconds a session may go without receiving a byte
@@ -417,6 +427,7 @@ class CaretFactory(_ServerFactory):
         self.clock: IReactorTime = clock
         self.maxSessions = maxSessions
         self.sessions: set[CaretProtocol] = set()
+        self.arriving: set[CaretProtocol] = set()
         self.waiting: deque[CaretProtocol] = deque()
         self.acceptor: Acceptor | None = None
         self.connectionsByPeer: Counter[str] = Counter()
@@ -455,6 +466,33 @@ class CaretFactory(_ServerFactory):
             self.connectionsByPeer[host] -= 1
             if not self.connectionsByPeer[host]:
                 del self.connectionsByPeer[host]
+
+    def buildProtocol(self, addr: IAddress | None) -> CaretProtocol | None:
+        """
+        A connection was accepted: its protocol counts among L{arriving}
+        until it starts (L{connectionSettled}) or its connection is lost
+        before (L{connectionAbandoned}).
+        """
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            self.arriving.add(protocol)
+        return protocol
+
+    def connectionSettled(self, protocol: CaretProtocol) -> None:
+        """
+        C{protocol}'s connection has started: it is a session, held, or
+        refused, and no longer L{arriving}.
+        """
+        self.arriving.discard(protocol)
+        self._checkIdle()
+
+    def connectionAbandoned(self, protocol: CaretProtocol) -> None:
+        """
+        The connection C{protocol} was built for is gone before the protocol
+        started (a wrapping endpoint closed it: no PROXY header, or not from
+        a trusted proxy).
+        """
+        self.connectionSettled(protocol)
 
     def acceptedBy(self, acceptor: Acceptor) -> None:
         """
@@ -495,10 +533,19 @@ class CaretFactory(_ServerFactory):
         ended, self._endWaiters = self._endWaiters, []
         for waiter in ended:
             waiter.callback(None)
-        if not self.sessions:
-            waiters, self._idleWaiters = self._idleWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+        self._checkIdle()
+
+    def _checkIdle(self) -> None:
+        if not self.idle:
+            return
+        waiters, self._idleWaiters = self._idleWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    @property
+    def idle(self) -> bool:
+        """Whether no session is in progress and none is L{arriving}."""
+        return not self.sessions and not self.arriving
 
     def sessionAbandoned(self, session: CaretProtocol) -> None:
         """A held connection was lost before it was greeted."""
@@ -528,8 +575,11 @@ class CaretFactory(_ServerFactory):
             session.finish()
 
     def whenIdle(self) -> Deferred[None]:
-        """A Deferred that fires when no session is in progress."""
-        if not self.sessions:
+        """
+        A Deferred that fires when no session is in progress and none is
+        L{arriving}.
+        """
+        if self.idle:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._idleWaiters.append(waiter)

@@ -178,11 +178,14 @@ class CaretService(Service):
             maybeDeferred(port.stopListening) for port in ports
         ]
         sessions = self.factory.whenIdle()
-        if self.factory.sessions:
+        if not self.factory.idle:
+            # A connection accepted just now may not be a session yet (its
+            # PROXY header is on its way): its client is connected all the
+            # same, and is drained like the rest.
             self._log.info(
                 "shutting down: accepting no more connections; sessions in "
                 "progress: {count}, given up to {timeout}s to end",
-                count=len(self.factory.sessions),
+                count=len(self.factory.sessions) + len(self.factory.arriving),
                 timeout=self.shutdownTimeout,
             )
             self._shutdownCall = self.clock.callLater(

@@ -7,14 +7,22 @@ The real signals are in L{tests.test_signals}.
 from __future__ import annotations
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import TestCase
+from twisted.internet.testing import StringTransport
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from caretproto.proxy import ProxyProtocolFactory, TrustedProxies
 from caretproto.rules import GREETING
 from caretproto.service import CaretService
 from tests.fakes import clockedFactory, connect
+
+BALANCER = IPv4Address("TCP", "10.0.0.5", 51000)
+HEADER = b"PROXY TCP4 203.0.113.7 10.0.0.9 4242 9090\r\n"
 
 
 class ShutdownTimeoutTests(TestCase):
@@ -89,3 +97,66 @@ class StopListeningTests(TestCase):
         self.assertNoResult(stopped)
         clock.advance(10)
         self.assertTrue(transport.disconnecting)
+
+
+class ArrivingConnectionTests(SynchronousTestCase):
+    """
+    Behind a balancer (C{haproxy:}), a connection accepted just before the
+    stop is the balancer's client already, though its PROXY header is still
+    on its way and it is no session yet: the balancer will not send that
+    client elsewhere, so the drain serves it too (docs/protocol.rst, "What
+    the protocol leaves to the server").
+    """
+
+    def setUp(self) -> None:
+        self.factory, self.clock = clockedFactory()
+        self.service = CaretService([], self.factory)
+        self.service.shutdownTimeout = 10.0
+        self.service.startService()
+        self.proxy = ProxyProtocolFactory(
+            self.factory,
+            clock=self.clock,
+            headerTimeout=5,
+            trusted=TrustedProxies.fromStrings(["10.0.0.0/24"]),
+        )
+
+    def accept(self) -> tuple[ProtocolWrapper, StringTransport]:
+        wrapper = self.proxy.buildProtocol(BALANCER)
+        assert isinstance(wrapper, ProtocolWrapper)
+        transport = StringTransport(peerAddress=BALANCER)
+        wrapper.makeConnection(transport)
+        return wrapper, transport
+
+    def test_a_connection_whose_header_comes_after_the_stop_is_served(
+        self,
+    ) -> None:
+        wrapper, transport = self.accept()
+        stopped = self.service.stopService()
+        self.assertNoResult(stopped)
+        wrapper.dataReceived(HEADER + b"^abc$de^abte$f")
+        wrapper.dataReceived(b"xyz^123")
+        self.assertEqual(transport.value(), GREETING + b"bcdbcuf234")
+        self.assertNoResult(stopped)
+        wrapper.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_connection_that_never_sends_its_header_ends_the_wait(
+        self,
+    ) -> None:
+        wrapper, transport = self.accept()
+        stopped = self.service.stopService()
+        self.clock.advance(5)
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(stopped)
+        wrapper.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertEqual(self.factory.arriving, set())
+
+    def test_an_untrusted_connection_is_not_waited_for(self) -> None:
+        stranger = IPv4Address("TCP", "192.0.2.1", 51000)
+        wrapper = self.proxy.buildProtocol(stranger)
+        assert isinstance(wrapper, ProtocolWrapper)
+        wrapper.makeConnection(StringTransport(peerAddress=stranger))
+        wrapper.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.successResultOf(self.service.stopService()))
