@@ -494,6 +494,14 @@ class CaretFactory(_ServerFactory):
         """
         self.connectionSettled(protocol)
 
+    def forgetArriving(self) -> None:
+        """
+        Count no connection as L{arriving} any more: a drain that has
+        waited as long as it may gives up on them.
+        """
+        self.arriving.clear()
+        self._checkIdle()
+
     def acceptedBy(self, acceptor: Acceptor) -> None:
         """
         Let C{acceptor} accept this factory's connections: with

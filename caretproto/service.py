@@ -216,6 +216,10 @@ class CaretService(Service):
                 timeout=self.shutdownTimeout,
             )
             session.transport.abortConnection()
+        # A connection still arriving this late has outlived its wrapper's
+        # own timeout (the PROXY header's) unseen: whatever it was, it must
+        # not keep the process from ending.
+        self.factory.forgetArriving()
 
     def _sessionsEnded(self, _: None) -> None:
         if self._shutdownCall is not None and self._shutdownCall.active():

@@ -160,3 +160,13 @@ class ArrivingConnectionTests(SynchronousTestCase):
         wrapper.makeConnection(StringTransport(peerAddress=stranger))
         wrapper.connectionLost(Failure(ConnectionDone()))
         self.assertIsNone(self.successResultOf(self.service.stopService()))
+
+    def test_a_connection_still_arriving_at_the_last_moment_does_not_hold_the_stop(
+        self,
+    ) -> None:
+        self.factory.buildProtocol(BALANCER)
+        stopped = self.service.stopService()
+        self.clock.advance(10)
+        self.assertNoResult(stopped)
+        self.clock.advance(10)
+        self.assertIsNone(self.successResultOf(stopped))
