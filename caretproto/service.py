@@ -201,11 +201,16 @@ class CaretService(Service):
             count=len(self.factory.sessions),
             timeout=self.shutdownTimeout,
         )
-        for session in list(self.factory.sessions):
-            session.finish()
+        # The last resort first: a session that fails to finish must not
+        # leave the rest, and the process, running until it is killed.
         self._shutdownCall = self.clock.callLater(
             self.shutdownTimeout, self._abortSessions
         )
+        for session in list(self.factory.sessions):
+            try:
+                session.finish()
+            except Exception:
+                self._log.failure("{peer} could not be ended", peer=session.peer)
 
     def _abortSessions(self) -> None:
         self._shutdownCall = None

@@ -79,6 +79,24 @@ class ShutdownTimeoutTests(TestCase):
         self.clock.advance(10)
         self.assertTrue(transport.disconnected)
 
+    def test_a_session_that_fails_to_finish_leaves_the_others_ended(
+        self,
+    ) -> None:
+        broken, _ = connect(self.factory)
+        _, transport = connect(self.factory, port=40001)
+
+        def fails() -> None:
+            raise RuntimeError("cannot finish")
+
+        broken.finish = fails  # type: ignore[method-assign]
+        self.service.stopService()
+        self.clock.advance(10)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(transport.disconnecting)
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 0)
+
 
 class StopListeningTests(TestCase):
     async def test_new_clients_are_refused_once_stopping(self) -> None:
