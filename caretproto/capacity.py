@@ -32,8 +32,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.logger import Logger
 
+from caretproto.connections import IAcceptor
 from caretproto.openfiles import raiseOpenFilesLimit
-from caretproto.server import Acceptor
 
 _log = Logger()
 
@@ -98,7 +98,7 @@ class DescriptorShortage:
 
     def __init__(
         self,
-        acceptor: Acceptor,
+        acceptor: IAcceptor,
         clock: IReactorTime,
         sessionEnds: Callable[[], Deferred[None]],
     ) -> None:

@@ -55,7 +55,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from caretproto.server import RefusalLog, describeAddress, peerHost
+from caretproto.connections import RefusalLog, describeAddress, peerHost
 
 PREFIX = "haproxy"
 """The endpoint description prefix that puts the PROXY protocol in front."""

@@ -15,7 +15,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -32,32 +31,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from caretproto.connections import IAcceptor, RefusalLog, describeAddress, peerHost
 from caretproto.rules import GREETING, State, feed
 from caretproto.writenow import socketTransport, writeNow
-
-
-def describeAddress(address: IAddress | None) -> str:
-    """
-    A short, loggable form of a peer address: C{host:port} for IP,
-    C{[host]:port} for IPv6, the path (or C{unix}) for a UNIX socket.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    name = getattr(address, "name", None)
-    if name is not None:
-        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-    return "unix" if address is not None else "unknown"
-
-
-def peerHost(address: IAddress | None) -> str | None:
-    """
-    The host part of an IP peer address, which the per-peer limit counts;
-    C{None} for a UNIX socket, whose peers have no address to tell apart.
-    """
-    host = getattr(address, "host", None)
-    return host if isinstance(host, str) else None
 
 
 class ISessionTransport(ITransport, IConsumer, IPushProducer):
@@ -342,22 +318,6 @@ class CaretProtocol(Protocol):
         """
 
 
-class Acceptor(TypingProtocol):
-    """
-    What a L{CaretFactory} with a session limit needs of whatever accepts
-    its connections: L{caretproto.service.CaretService} is one.
-    """
-
-    def pauseAccepting(self, reason: str) -> None:
-        """Leave new clients in the listen backlog, for C{reason}."""
-
-    def resumeAccepting(self, reason: str) -> None:
-        """Withdraw C{reason} for not accepting."""
-
-    def acceptAtMost(self, count: int) -> None:
-        """Accept no more than C{count} connections at the next wake-up."""
-
-
 MAX_SESSIONS = "max-connections"
 """The reason a factory gives its acceptor for pausing while it is full."""
 
@@ -429,7 +389,7 @@ class CaretFactory(_ServerFactory):
         self.sessions: set[CaretProtocol] = set()
         self.arriving: set[CaretProtocol] = set()
         self.waiting: deque[CaretProtocol] = deque()
-        self.acceptor: Acceptor | None = None
+        self.acceptor: IAcceptor | None = None
         self.connectionsByPeer: Counter[str] = Counter()
         self._refusals = RefusalLog(
             clock,
@@ -502,7 +462,7 @@ class CaretFactory(_ServerFactory):
         self.arriving.clear()
         self._checkIdle()
 
-    def acceptedBy(self, acceptor: Acceptor) -> None:
+    def acceptedBy(self, acceptor: IAcceptor) -> None:
         """
         Let C{acceptor} accept this factory's connections: with
         C{maxSessions}, it is paused whenever that many sessions run.
@@ -608,77 +568,3 @@ class CaretFactory(_ServerFactory):
 
     def logPrefix(self) -> str:
         return "caret"
-
-
-class RefusalLog:
-    """
-    The log of connections refused for one reason: one line when a host's
-    burst of refused connections begins, and one that counts them when it
-    ends, after C{quiet} seconds without a refusal.  A client that retries
-    in a loop would otherwise write a line per attempt.  Its lines are
-    logged with C{logger}, to name whoever refused.
-
-    @ivar began: the format of the first line of a burst; its fields are
-        C{host} and those given to L{refused}.
-    @ivar ended: the format of the closing line, logged only if the burst
-        held more than one refusal; its fields are those of C{began} and
-        C{count} and C{duration}.
-    """
-
-    quiet = 5.0
-    _log = Logger()
-
-    def __init__(
-        self, clock: IReactorTime, began: str, ended: str, logger: Logger | None = None
-    ) -> None:
-        if logger is not None:
-            self._log = logger
-        self.clock = clock
-        self.began = began
-        self.ended = ended
-        self._bursts: dict[str, _Burst] = {}
-
-    def refused(self, host: str, **fields: object) -> None:
-        """
-        A connection from C{host} was refused; C{fields} go into the log
-        event, the first of its burst's only.
-        """
-        now = self.clock.seconds()
-        burst = self._bursts.get(host)
-        if burst is not None:
-            burst.count += 1
-            burst.last = now
-            burst.quietCall.reset(self.quiet)
-            return
-        self._log.warn(self.began, host=host, **fields)
-        quietCall = self.clock.callLater(self.quiet, self._burstEnded, host)
-        self._bursts[host] = _Burst(now, quietCall, fields)
-
-    def _burstEnded(self, host: str) -> None:
-        burst = self._bursts.pop(host)
-        if burst.count > 1:
-            self._log.warn(
-                self.ended,
-                host=host,
-                count=burst.count,
-                duration=burst.last - burst.began,
-                **burst.fields,
-            )
-
-    def flush(self) -> None:
-        """End every burst in progress now, logging its count."""
-        for host, burst in list(self._bursts.items()):
-            burst.quietCall.cancel()
-            self._burstEnded(host)
-
-
-class _Burst:
-    """Refusals for one host, close together."""
-
-    def __init__(
-        self, began: float, quietCall: IDelayedCall, fields: dict[str, object]
-    ) -> None:
-        self.began = self.last = began
-        self.quietCall = quietCall
-        self.fields = fields
-        self.count = 1

@@ -6,7 +6,7 @@ docs/protocol.rst as the server applies it, with no sockets and no reactor.
 from __future__ import annotations
 
 from hypothesis import given
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from caretproto.rules import State
-from caretproto.server import CaretFactory, CaretProtocol, describeAddress
+from caretproto.server import CaretFactory, CaretProtocol
 from tests.model import referenceReplies
 from tests.strategies import streams_and_cuts
 
@@ -202,19 +202,3 @@ class FlowControlTests(SynchronousTestCase):
         protocol.resumeProducing()
         self.assertEqual(transport.producerState, "producing")
         self.assertFalse(protocol.paused)
-
-
-class DescribeAddressTests(SynchronousTestCase):
-    def test_ipv4_is_host_colon_port(self) -> None:
-        self.assertEqual(describeAddress(PEER), "192.0.2.7:40123")
-
-    def test_ipv6_host_is_bracketed(self) -> None:
-        self.assertEqual(
-            describeAddress(IPv6Address("TCP", "2001:db8::1", 9)), "[2001:db8::1]:9"
-        )
-
-    def test_unix_is_its_path_or_unix(self) -> None:
-        self.assertEqual(
-            describeAddress(UNIXAddress(b"/run/caret.sock")), "/run/caret.sock"
-        )
-        self.assertEqual(describeAddress(UNIXAddress(None)), "unix")
