@@ -77,9 +77,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from caretproto.listening import LISTENING, listeningIn
+from caretproto.listening import listeningIn
 from caretproto.reference import REFERENCE_SCRIPT
-from caretproto.session import runSession
+from caretproto.referenceclient import runSession
+from caretproto.service import LISTENING
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")

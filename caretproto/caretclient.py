@@ -7,10 +7,10 @@ The C{caret-client} command: the reference client session
     caret-client [-n N] --endpoint unix:path=/run/caret.sock
 
 It parses options, makes room for N open connections, runs
-L{caretproto.session.runSessions} in the reactor and prints its log and the
+L{caretproto.referenceclient.runSessions} in the reactor and prints its log and the
 elapsed time.  The exit status is 0 when every connection's session went as
 the protocol says, 1 with a one-line summary when any failed, and 2 for bad
-options.  The session itself lives in L{caretproto.session}.
+options.  The session itself lives in L{caretproto.referenceclient}.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from twisted.python import usage
 from caretproto.endpoints import clientEndpoint
 from caretproto.openfiles import OpenFilesLimitError, raiseOpenFilesLimit
 from caretproto.optionchecks import positive, tcpPort
-from caretproto.session import (
+from caretproto.referenceclient import (
     DEFAULT_TIMEOUT,
     ReferenceLogObserver,
     Report,
@@ -159,7 +159,7 @@ async def _run(reactor: IReactorTime, options: Options) -> None:
         _fail(str(error), 2)
     observer = ReferenceLogObserver(sys.stdout)
     log = Logger(
-        namespace="caretproto.session",
+        namespace="caretproto.referenceclient",
         observer=FilteringLogObserver(
             observer,
             [

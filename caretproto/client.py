@@ -11,7 +11,7 @@ C{unix:}, C{tls:}...).
 It checks no reply against the rules: callers compare what they get with
 what they expect, so that a client can report a wrong server rather than
 hide it.  The reference client session of docs/protocol.rst
-lives in L{caretproto.session}.
+lives in L{caretproto.referenceclient}.
 """
 
 from __future__ import annotations

@@ -4,12 +4,13 @@ Where a started caret server listens, as its log says: the one way for tests
 and tools that start C{twistd caret} (or C{twist caret}) to learn its ports.
 
 A server given C{--port tcp:0} listens on a port the system picks, and says
-which in one log event per listening port, L{LISTENING}, whose C{address}
-field is the port's address in the form of
-L{caretproto.server.describeAddress}.  Workers' events, relayed by their
-parent, say it in the same words.  L{listeningIn} finds those lines in a text
-log (C{twistd}'s or C{twist}'s); L{waitForListening} waits for them in the
-log file of a server started with C{subprocess}.
+which in one log event per listening port,
+L{caretproto.service.LISTENING}, whose C{address} field is the port's
+address in the form of L{caretproto.connections.describeAddress}.
+Workers' events, relayed by their parent, say it in the same words.
+L{listeningIn} finds those lines in a text log (C{twistd}'s or C{twist}'s);
+L{waitForListening} waits for them in the log file of a server started with
+C{subprocess}.
 
 It is not a way to configure where a server listens (that is C{--port}), nor
 a health check: a server that has said it listens may not yet run its
@@ -24,10 +25,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-LISTENING = "caret listening on {address}"
-"""The format of the log event a server emits for each port it listens on."""
+from caretproto.service import LISTENING
 
-_LINE = re.compile(r"caret listening on (.+?)\s*$", re.MULTILINE)
+_LINE = re.compile(
+    re.escape(LISTENING.split("{address}")[0]) + r"(.+?)\s*$", re.MULTILINE
+)
 _IP = re.compile(r"^(?:\[(?P<ip6>[^\]]+)\]|(?P<ip4>[^:]+)):(?P<port>\d+)$")
 
 

@@ -5,13 +5,13 @@ The log relay between a worker process and its parent.
 A worker runs under C{twist --log-format=json --log-file=-}: its standard
 output is its log, one JSON event a line.  L{relayLine} puts each line into
 the parent's log as the event it was, marked with the worker's number and pid,
-and hands the events that carry a L{REPORT} field (a worker's metrics) to
-whatever gathers them, a L{WorkerReports}, instead of logging them.
+and hands the events that carry a report (a worker's metrics, in the field
+an L{IWorkerReports} names) to it instead of logging them.
 
 It is not the pool that starts and supervises the workers
 (L{caretproto.workers}), nor the worker's side of the sockets
-(L{caretproto.workerside}); it imports neither, so the metrics can use
-L{REPORT} without loading either.
+(L{caretproto.workerside}), nor what a report says
+(L{caretproto.metrics}); it imports none of them.
 """
 
 from __future__ import annotations
@@ -20,46 +20,53 @@ import re
 from collections.abc import Hashable
 from string import Formatter
 from typing import Any
-from typing import Protocol as TypingProtocol
 
 from twisted.logger import Logger, LogLevel, eventFromJSON
-
-REPORT = "worker_report"
-"""
-The field of a worker's log event that makes it a report to the parent: the
-pool hands its value to L{caretproto.workers.WorkerPool.reports} instead of logging it.
-"""
+from zope.interface import Attribute, Interface
 
 
-class WorkerReports(TypingProtocol):
+class IWorkerReports(Interface):
     """
     What gathers the workers' reports: L{caretproto.metrics.WorkersMetrics}.
     Each worker process is known by a key of its own, and is told of once it
     has ended.
     """
 
-    def reported(self, worker: Hashable, report: Any) -> None:
-        """C{worker} reported C{report}, a L{REPORT} field's value."""
+    field = Attribute(
+        "The field of a worker's log event that makes it a report: the relay "
+        "hands its value to L{reported} instead of logging the event."
+    )
 
-    def ended(self, worker: Hashable) -> None:
-        """C{worker} has ended: it will report no more."""
+    def reported(worker: Hashable, report: Any) -> None:
+        """
+        C{worker} reported C{report}.
+
+        @param worker: the worker's key.
+        @param report: the value of the event's L{field}.
+        """
+
+    def ended(worker: Hashable) -> None:
+        """
+        C{worker} has ended: it will report no more.
+
+        @param worker: the worker's key.
+        """
 
 
-class RelayedWorker(TypingProtocol):
-    """What the relay needs to know of a worker: its number and its pid."""
+class IRelayedWorker(Interface):
+    """
+    What the relay needs to know of a worker: its number and its pid.  A
+    worker is also the (hashable) key its reports are known by.
+    """
 
-    index: int
-    pid: int | None
-
-    def __hash__(self) -> int:
-        """A worker is also the key its reports are known by."""
-        ...
+    index = Attribute("The worker's number, from 0.")
+    pid = Attribute("Its process id, or C{None} before it runs.")
 
 
 def relayLine(
     log: Logger,
-    reports: WorkerReports | None,
-    worker: RelayedWorker,
+    reports: IWorkerReports | None,
+    worker: IRelayedWorker,
     childFD: int,
     line: bytes,
 ) -> None:
@@ -68,11 +75,17 @@ def relayLine(
     from its standard output goes in as it was, marked with the worker's
     number and pid; anything else is logged as text.  A report goes to
     C{reports} instead, if there is anything to take it.
+
+    @param log: the parent's log.
+    @param reports: what takes the workers' reports, if anything does.
+    @param worker: the worker that wrote the line.
+    @param childFD: 1 for its standard output, 2 for its standard error.
+    @param line: the line, without its newline.
     """
     text = line.lstrip(b"\x1e").decode("utf-8", "replace")
     event = _logEvent(text) if childFD == 1 else None
-    if event is not None and REPORT in event and reports is not None:
-        reports.reported(worker, event[REPORT])
+    if event is not None and reports is not None and reports.field in event:
+        reports.reported(worker, event[reports.field])
         return
     if event is None:
         if text.strip():
@@ -95,7 +108,7 @@ def relayLine(
     log.observer(event)
 
 
-def _system(worker: RelayedWorker, system: str) -> str:
+def _system(worker: IRelayedWorker, system: str) -> str:
     return f"worker {worker.index} pid {worker.pid} {system}"
 
 

@@ -54,8 +54,9 @@ from twisted.web import http
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
-from caretproto.logrelay import REPORT
+from caretproto.logrelay import IWorkerReports
 from caretproto.server import CaretFactory, CaretProtocol
 
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
@@ -65,6 +66,13 @@ connect-and-close probe, past the reference session (about 2.2 s), to
 sessions held open for an hour.
 """
 
+
+REPORT = "worker_report"
+"""
+The field of a worker's log event that carries its metrics to the parent:
+the parent's log relay hands its value to L{WorkersMetrics} instead of
+logging it.
+"""
 
 REPORT_INTERVAL = 1.0
 """Seconds between a worker's reports of its metrics to the parent."""
@@ -240,6 +248,7 @@ class CaretMetrics(_Collector):
         )
 
 
+@implementer(IWorkerReports)
 class WorkersMetrics(_Collector):
     """
     The metrics of a L{caretproto.workers.WorkerPool}'s workers, as one
@@ -248,6 +257,7 @@ class WorkersMetrics(_Collector):
     process metrics are the parent's own.
     """
 
+    field = REPORT
     _log = Logger()
 
     def __init__(self) -> None:
@@ -281,7 +291,7 @@ class MetricsReporter(Service):
     """
     In a worker: report the metrics of C{metrics} to the parent every
     L{REPORT_INTERVAL} seconds, as a log event with a
-    L{caretproto.logrelay.REPORT} field, and once more when the worker has
+    L{REPORT} field, and once more when the worker has
     drained its sessions.
     """
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reference,tests.test_session -*-
+# -*- test-case-name: tests.test_reference,tests.test_referenceclient -*-
 """
 The reference session of the specification (docs/protocol.rst): the buffers
 the reference client sends, with their pauses, the replies a caret server
@@ -7,7 +7,7 @@ steps on a connection.
 
 This is the specification's data and its steps, kept beside the rules
 (L{caretproto.rules}) that compute the replies, so that whatever runs the
-session (C{caret-client} through L{caretproto.session}, C{caret-bench}'s
+session (C{caret-client} through L{caretproto.referenceclient}, C{caret-bench}'s
 C{sessions} mode through L{caretproto.bench}) takes it from here without
 loading the other.  It opens no connection, logs nothing and keeps no
 tally: a runner writes through the C{send} it is given, and its owner adds

@@ -102,29 +102,38 @@ class _SessionFailed(Exception):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """
+    What one connection's session is to do, and where it logs: what its
+    client, its steps and its factory share.
+
+    @ivar name: the connection's name in the log (C{conn1}...).
+    @ivar expected: the replies a caret server owes for C{script}.
+    """
+
+    name: str
+    log: Logger
+    clock: IReactorTime
+    script: Script
+    expected: bytes
+
+
 class _SessionClient(CaretClientProtocol):
     """
     A client that logs every step and every read as the reference does, and
     plays the script through its L{_SessionSteps}.
     """
 
-    def __init__(
-        self,
-        name: str,
-        log: Logger,
-        clock: IReactorTime,
-        script: Script,
-        expected: bytes,
-    ) -> None:
+    def __init__(self, plan: _Plan) -> None:
         super().__init__()
-        self.name = name
-        self._log = log
-        self.clock = clock
-        self.steps = _SessionSteps(self, script, expected)
+        self.plan = plan
+        self.steps = _SessionSteps(self, plan)
 
     def info(self, format: str, **kwargs: object) -> None:
         """Log a step of this session, at the session's clock's time."""
-        self._log.info(format, conn=self.name, at=self.clock.seconds(), **kwargs)
+        plan = self.plan
+        plan.log.info(format, conn=plan.name, at=plan.clock.seconds(), **kwargs)
 
     def replyReceived(self, data: bytes) -> None:
         self.info("{conn} received {data!r}", data=data)
@@ -142,8 +151,8 @@ class _SessionSteps(ScriptRunner):
         L{_SessionFailed} if the server closes before.
     """
 
-    def __init__(self, client: _SessionClient, script: Script, expected: bytes) -> None:
-        super().__init__(client.clock, client.send, script, expected)
+    def __init__(self, client: _SessionClient, plan: _Plan) -> None:
+        super().__init__(plan.clock, client.send, plan.script, plan.expected)
         self.client = client
         self.done: Deferred[None] = Deferred()
 
@@ -167,24 +176,13 @@ class _SessionSteps(ScriptRunner):
 
 
 class _SessionClientFactory(CaretClientFactory):
-    def __init__(
-        self,
-        name: str,
-        log: Logger,
-        clock: IReactorTime,
-        script: Script,
-        expected: bytes,
-    ) -> None:
-        self.name = name
-        self._log = log
-        self.clock = clock
-        self.script = script
-        self.expected = expected
+    """Builds the one L{_SessionClient} of a L{_Plan}."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
 
     def buildProtocol(self, addr: object) -> _SessionClient:
-        client = _SessionClient(
-            self.name, self._log, self.clock, self.script, self.expected
-        )
+        client = _SessionClient(self.plan)
         client.factory = self
         return client
 
@@ -214,9 +212,8 @@ async def _session(
     client: _SessionClient | None = None
     try:
         try:
-            connected = connectEndpoint(
-                endpoint, _SessionClientFactory(name, log, clock, script, expected)
-            )
+            plan = _Plan(name, log, clock, script, expected)
+            connected = connectEndpoint(endpoint, _SessionClientFactory(plan))
             client = cast(
                 _SessionClient,
                 await _within(connected, clock, timeout, "could not connect"),

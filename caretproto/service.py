@@ -29,10 +29,18 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from caretproto.capacity import DescriptorShortage, guardListener
-from caretproto.listening import LISTENING
-from caretproto.server import CaretFactory, describeAddress
+from caretproto.connections import IAcceptor, describeAddress
+from caretproto.server import CaretFactory
+
+LISTENING = "caret listening on {address}"
+"""
+The format of the log event the service emits for each port it listens on,
+whose C{address} field is the port's address as L{describeAddress} gives it;
+L{caretproto.listening} reads it back.
+"""
 
 
 class CannotListen(Exception):
@@ -52,6 +60,7 @@ class CannotListen(Exception):
         return f"cannot listen on endpoint {self.index}: {self.reason}"
 
 
+@implementer(IAcceptor)
 class CaretService(Service):
     """
     Serve C{factory} on every endpoint in C{endpoints}.

@@ -50,9 +50,15 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from caretproto.logrelay import WorkerReports, relayLine
-from caretproto.workerside import FIRST_FD
+from caretproto.logrelay import IRelayedWorker, IWorkerReports, relayLine
+
+FIRST_FD = 3
+"""
+The descriptor a worker finds its first inherited listening socket at; the
+others follow in C{--port} order, as C{--worker-fds} tells it.
+"""
 
 
 def workerCommand(argv: Sequence[str], listening: int) -> list[str]:
@@ -89,6 +95,7 @@ def describeExit(reason: Failure) -> str:
     return str(ended)
 
 
+@implementer(IRelayedWorker)
 class _Worker(ProcessProtocol):
     """One worker process, as its pool sees it."""
 
@@ -139,7 +146,7 @@ class WorkerPool(Service):
     """
 
     _log = Logger()
-    reports: WorkerReports | None = None
+    reports: IWorkerReports | None = None
     steadyAfter = 10.0
     restartDelay: Callable[[int], float] = staticmethod(
         backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=2.0, jitter=lambda: 0)

@@ -39,9 +39,6 @@ from zope.interface import implementer
 
 from caretproto import proxy
 
-FIRST_FD = 3
-"""A worker finds the listening sockets at descriptors 3, 4, ..., in --port order."""
-
 ADOPTABLE = frozenset({"tcp", "tcp6", "unix", "ssl", "systemd"})
 """
 Endpoint types whose listening socket a worker can take over, alone or

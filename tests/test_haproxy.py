@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from caretproto.reference import REFERENCE_SCRIPT
-from caretproto.session import runSessions
+from caretproto.referenceclient import runSessions
 from tests import inCI
 from tests.model import referenceReplies
 from tests.rawclient import connect

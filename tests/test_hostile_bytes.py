@@ -36,8 +36,8 @@ from twisted.logger import (
 from twisted.trial.unittest import TestCase
 
 from caretproto.endpoints import clientEndpoint
+from caretproto.referenceclient import REFERENCE_SCRIPT, runSession
 from caretproto.rules import GREETING
-from caretproto.session import REFERENCE_SCRIPT, runSession
 from tests.model import referenceReplies
 from tests.rawclient import RawClient, connect, portNumbers, startCommand
 from tests.test_tls import Certificates

@@ -54,7 +54,10 @@ class LayerTests(TestCase):
         loaded = loadedBy("caretproto.benchrun")
         self.assertEqual(
             loaded
-            & (SERVER_ONLY | {"caretproto.server", "caretproto.session", "rich"}),
+            & (
+                SERVER_ONLY
+                | {"caretproto.server", "caretproto.referenceclient", "rich"}
+            ),
             set(),
         )
 
@@ -64,9 +67,11 @@ class LayerTests(TestCase):
             loaded & {"caretproto.workers", "caretproto.workerside"}, set()
         )
 
-    def test_the_package_still_offers_the_server_classes(self) -> None:
-        import caretproto
-        from caretproto.server import CaretFactory, CaretProtocol
+    def test_the_package_itself_loads_nothing(self) -> None:
+        self.assertEqual(loadedBy("caretproto"), {"caretproto"})
 
-        self.assertIs(caretproto.CaretFactory, CaretFactory)
-        self.assertIs(caretproto.CaretProtocol, CaretProtocol)
+    def test_the_connection_helpers_load_no_protocol(self) -> None:
+        # What the PROXY wrapper and the descriptor guard build on is not
+        # the caret session.
+        for module in ["caretproto.proxy", "caretproto.capacity"]:
+            self.assertNotIn("caretproto.server", loadedBy(module), module)

@@ -11,11 +11,11 @@ import sys
 from twisted.trial.unittest import TestCase
 
 from caretproto.listening import (
-    LISTENING,
     Listening,
     listeningIn,
     waitForListening,
 )
+from caretproto.service import LISTENING
 from tests.tempfolder import shortTempPath
 
 TWISTD_LOG = """\

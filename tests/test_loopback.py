@@ -16,7 +16,8 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from caretproto import CaretFactory, tap
+from caretproto import tap
+from caretproto.server import CaretFactory
 from caretproto.service import CaretService
 from tests.model import referenceReplies
 from tests.rawclient import RawClient, connect

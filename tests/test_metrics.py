@@ -26,9 +26,9 @@ from twisted.web.client import Agent, ResponseDone
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
-from caretproto.logrelay import REPORT
 from caretproto.metrics import (
     DURATION_BUCKETS,
+    REPORT,
     REPORT_INTERVAL,
     CaretMetrics,
     MetricsReporter,

@@ -27,7 +27,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 
 from caretproto.reference import REFERENCE_SCRIPT, expectedReplies
-from caretproto.session import runSessions
+from caretproto.referenceclient import runSessions
 from tests import inCI
 from tests.tempfolder import tempFolder
 from tests.test_haproxy import freePort

@@ -1,5 +1,5 @@
 """
-Tests for L{caretproto.session}: the reference session on a L{Clock},
+Tests for L{caretproto.referenceclient}: the reference session on a L{Clock},
 against the real server protocol joined in memory (L{tests.wire}).
 """
 
@@ -19,13 +19,13 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from caretproto.reference import REFERENCE_SCRIPT, expectedReplies
-from caretproto.server import CaretFactory
-from caretproto.session import (
+from caretproto.referenceclient import (
     Outcome,
     Report,
     formatReferenceLine,
     runSessions,
 )
+from caretproto.server import CaretFactory
 from tests.wire import WiredEndpoint
 from tests.workedexample import REFERENCE_REPLIES
 

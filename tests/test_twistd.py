@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
 from caretproto.reference import REFERENCE_SCRIPT
-from caretproto.session import runSessions
+from caretproto.referenceclient import runSessions
 from tests.rawclient import connect
 from tests.tempfolder import shortTempPath
 from tests.twistd import (

@@ -33,8 +33,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.protocols.wire import Echo
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
-from caretproto.logrelay import REPORT
+from caretproto.logrelay import IWorkerReports
+from caretproto.metrics import REPORT
 from caretproto.proxy import TrustedProxies
 from caretproto.server import CaretFactory
 from caretproto.service import CaretService
@@ -234,8 +236,11 @@ class PoolTests(SynchronousTestCase):
         self.successResultOf(self.pool.stopService())
 
 
+@implementer(IWorkerReports)
 class Reports:
     """Records what a pool tells of its workers' reports."""
+
+    field = REPORT
 
     def __init__(self) -> None:
         self.received: list[tuple[object, Any]] = []

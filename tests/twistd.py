@@ -24,8 +24,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from caretproto.listening import LISTENING, listeningIn
+from caretproto.listening import listeningIn
 from caretproto.rules import GREETING
+from caretproto.service import LISTENING
 from tests.rawclient import connect
 from tests.tempfolder import tempFolder
 
