@@ -65,6 +65,17 @@ class CaretService(Service):
     """
     Serve C{factory} on every endpoint in C{endpoints}.
 
+    Why not a C{MultiService} of Twisted's C{StreamServerEndpointService}s,
+    one per endpoint, plus a drain: those keep their listening port to
+    themselves (it is only in a private Deferred), and caret needs every
+    port by hand, to stop and resume accepting for the session limit and
+    for descriptor shortage (L{IAcceptor}), to set how many connections a
+    wake-up accepts, to guard C{accept}'s errors, and to share the sockets
+    with worker processes (L{shareListening}).  What it does take from
+    Twisted is the same: endpoints listen, and a failure to listen in
+    C{privilegedStartService} stops the program, as that service's
+    C{_raiseSynchronously} does.
+
     @ivar ports: the listening ports, once listening.
     @ivar shutdownTimeout: seconds that sessions in progress get to end by
         themselves when the service stops; after that they are ended, and
