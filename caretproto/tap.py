@@ -25,7 +25,7 @@ from caretproto.capacity import OpenFilesLimit
 from caretproto.optionchecks import positive, positiveOrOff
 from caretproto.server import CaretFactory
 from caretproto.service import CannotListen, CaretService
-from caretproto.workers import WorkerPool, workerCommand
+from caretproto.workers import WORKER_FDS, WorkerPool, workerCommand
 from caretproto.workerside import (
     ADOPTABLE,
     ParentLink,
@@ -104,13 +104,19 @@ def workerCount(value: str) -> int:
 workerCount.coerceDoc = "A positive number, or auto for one per CPU."  # type: ignore[attr-defined]
 
 
-def inheritedDescriptors(value: str) -> list[int]:
-    """C{--worker-fds}: descriptor numbers, separated by commas."""
+def inheritedDescriptors(environ: Mapping[str, str]) -> list[int] | None:
+    """
+    The descriptors a worker inherits its listening sockets at, as its pool
+    names them in L{WORKER_FDS}; C{None} for a process that is no worker.
+    """
+    value = environ.get(WORKER_FDS)
+    if value is None:
+        return None
     try:
         return [int(fd) for fd in value.split(",")]
     except ValueError:
         raise usage.UsageError(
-            f"--worker-fds takes descriptor numbers like 3,4; got {value!r}"
+            f"{WORKER_FDS} takes descriptor numbers like 3,4; got {value!r}"
         ) from None
 
 
@@ -180,14 +186,6 @@ class Options(usage.Options):
             workerCount,
         ],
         [
-            "worker-fds",
-            None,
-            None,
-            "Internal: set by --workers for a worker, the descriptors of the "
-            "listening sockets it inherits, one per --port.",
-            inheritedDescriptors,
-        ],
-        [
             "metrics",
             None,
             None,
@@ -196,8 +194,10 @@ class Options(usage.Options):
         ],
     ]
 
-    internal = frozenset({"worker-fds"})
-    """Options that the program sets for itself, left out of C{--help}."""
+    environ: Mapping[str, str] = os.environ
+    """
+    Where a worker finds L{WORKER_FDS}: the process's environment.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -228,19 +228,6 @@ class Options(usage.Options):
             raise SystemExit(
                 f"{program}: {error}\nSee '{program} --help' for every option."
             ) from None
-
-    def getUsage(self, width: int | None = None) -> str:
-        """
-        The help text, without the options in L{internal}.
-        """
-        allOptions = self.longOpt
-        self.longOpt = [
-            name for name in allOptions if name.rstrip("=") not in self.internal
-        ]
-        try:
-            return super().getUsage(width)
-        finally:
-            self.longOpt = allOptions
 
     def opt_port(self, port: str) -> None:
         """
@@ -289,13 +276,14 @@ class Options(usage.Options):
                 f"--trusted-proxy 127.0.0.1 for a balancer on this machine "
                 f"(accepted forms: {TRUSTED_PROXY_EXAMPLES})"
             )
-        inherited = self["worker-fds"]
+        self["inherited"] = inheritedDescriptors(self.environ)
+        inherited = self["inherited"]
         if inherited is None:
             inherited = [None] * len(self["port"])
         elif self["workers"] != 1 or len(inherited) != len(self["port"]):
             raise usage.UsageError(
-                "--worker-fds is for the workers that --workers starts, with "
-                "one descriptor per --port"
+                f"{WORKER_FDS} is for the workers that --workers starts, with "
+                f"one descriptor per --port"
             )
         self["endpoints"] = [
             self._endpoint(port, fd)
@@ -359,7 +347,7 @@ def makeService(options: Mapping[str, Any]) -> IService:
 
     With C{--workers N}, the C{caret} service only listens, and a
     L{WorkerPool} named C{workers} runs the N processes that accept.  A
-    worker (C{--worker-fds}) is the plain server on inherited sockets, with a
+    worker (started with L{WORKER_FDS}) is the plain server on inherited sockets, with a
     L{ParentLink}.  With C{--metrics}, the web service that serves the
     metrics is beside them, named C{metrics}; with C{--workers}, the
     parent's serves the sum of the workers', which report to it.
@@ -378,7 +366,7 @@ def makeService(options: Mapping[str, Any]) -> IService:
         caret.pauseAccepting("the workers accept")
         pool = WorkerPool(
             options["workers"],
-            workerCommand(options["argv"], len(options["endpoints"])),
+            workerCommand(options["argv"]),
             caret.shareListening,
             killAfter=2 * caret.shutdownTimeout + WORKERS_KILL_MARGIN,
         )
@@ -390,7 +378,7 @@ def makeService(options: Mapping[str, Any]) -> IService:
             workersMetrics = WorkersMetrics()
             pool.reports = workersMetrics
             _named(metricsService(metrics, workersMetrics.registry), "metrics", top)
-    elif options.get("worker-fds") is not None:
+    elif options.get("inherited") is not None:
         ParentLink().setServiceParent(top)
         if metrics is not None:
             # The parent serves --metrics for all: a worker reports to it.

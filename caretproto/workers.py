@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.internet import backoffPolicy
@@ -57,18 +57,25 @@ from caretproto.logrelay import IRelayedWorker, IWorkerReports, relayLine
 FIRST_FD = 3
 """
 The descriptor a worker finds its first inherited listening socket at; the
-others follow in C{--port} order, as C{--worker-fds} tells it.
+others follow in C{--port} order, as L{WORKER_FDS} tells it.
+"""
+
+WORKER_FDS = "CARET_WORKER_FDS"
+"""
+The environment variable that tells a worker it is one, and which
+descriptors (C{3,4}) are its inherited listening sockets, one per C{--port}:
+as systemd tells a service with C{LISTEN_FDS}, so that no option meant for
+the program itself appears among the user's.
 """
 
 
-def workerCommand(argv: Sequence[str], listening: int) -> list[str]:
+def workerCommand(argv: Sequence[str]) -> list[str]:
     """
     The command that starts a worker: the C{caret} command with the parent's
     own options, under C{twist} logging JSON events to its standard output
-    for the parent to relay, told that its C{listening} sockets are
-    inherited.
+    for the parent to relay.  It learns of its inherited sockets from
+    L{workerEnvironment}.
     """
-    fds = ",".join(str(fd) for fd in range(FIRST_FD, FIRST_FD + listening))
     return [
         sys.executable,
         "-m",
@@ -78,8 +85,16 @@ def workerCommand(argv: Sequence[str], listening: int) -> list[str]:
         "caret",
         *argv,
         "--workers=1",
-        f"--worker-fds={fds}",
     ]
+
+
+def workerEnvironment(environ: Mapping[str, str], listening: int) -> dict[str, str]:
+    """
+    A worker's environment: C{environ}, with L{WORKER_FDS} naming its
+    C{listening} inherited sockets.
+    """
+    fds = ",".join(str(fd) for fd in range(FIRST_FD, FIRST_FD + listening))
+    return {**environ, WORKER_FDS: fds}
 
 
 def describeExit(reason: Failure) -> str:
@@ -183,7 +198,8 @@ class WorkerPool(Service):
         self._restarts.pop(index, None)
         worker = _Worker(self, index)
         childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
-        for offset, fd in enumerate(self.descriptors()):
+        descriptors = self.descriptors()
+        for offset, fd in enumerate(descriptors):
             childFDs[FIRST_FD + offset] = fd
         worker.startedAt = self._clock.seconds()
         try:
@@ -191,7 +207,7 @@ class WorkerPool(Service):
                 worker,
                 self.command[0],
                 self.command,
-                env=dict(os.environ),
+                env=workerEnvironment(os.environ, len(descriptors)),
                 childFDs=childFDs,
             )
         except OSError as error:

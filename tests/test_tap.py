@@ -21,15 +21,20 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from caretproto import tap
 from caretproto.service import CaretService
-from caretproto.workers import WorkerPool
+from caretproto.workers import WORKER_FDS, WorkerPool
 from caretproto.workerside import ParentLink
 from tests.fakes import listenedAs
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def parse(*argv: str) -> tap.Options:
+def parse(*argv: str, workerFDs: str | None = None) -> tap.Options:
+    """
+    C{argv} parsed as C{caret}'s options; as in a worker whose pool named
+    C{workerFDs} in its environment, if given.
+    """
     options = tap.Options()
+    options.environ = {} if workerFDs is None else {WORKER_FDS: workerFDs}
     options.parseOptions(list(argv))
     return options
 
@@ -151,10 +156,7 @@ class WorkersOptionTests(SynchronousTestCase):
         pool = top.getServiceNamed("workers")
         assert isinstance(pool, WorkerPool)
         self.assertEqual(pool.count, 3)
-        self.assertEqual(
-            pool.command[-len(argv) - 2 :],
-            [*argv, "--workers=1", "--worker-fds=3,4"],
-        )
+        self.assertEqual(pool.command[-len(argv) - 1 :], [*argv, "--workers=1"])
 
     def test_workers_are_killed_only_once_their_drain_could_be_over(self) -> None:
         top = tap.makeService(parse("--workers", "2", "--shutdown-timeout", "7"))
@@ -169,29 +171,32 @@ class WorkersOptionTests(SynchronousTestCase):
         bound.bind(("127.0.0.1", 0))
         bound.listen()
         inherited = os.dup(bound.fileno())
-        argv = ("--port", "9090", "--workers=1", f"--worker-fds={inherited}")
+        argv = ("--port", "9090", "--workers=1")
         memory = MemoryReactorClock()
         self.patch(twisted.internet, "reactor", memory)
-        [endpoint] = parse(*argv)["endpoints"]
+        [endpoint] = parse(*argv, workerFDs=str(inherited))["endpoints"]
         port = self.successResultOf(endpoint.listen(Factory()))
         self.addCleanup(port.stopListening)
         # It took over the socket it was given rather than binding 9090.
         self.assertEqual(memory.tcpServers, [])
         self.assertEqual(port.getHost().port, bound.getsockname()[1])  # type: ignore[attr-defined]
-        options = parse("--port", "9090", "--workers=1", "--worker-fds=3")
+        options = parse("--port", "9090", "--workers=1", workerFDs="3")
         top = tap.makeService(options)
         assert isinstance(top, MultiService)
         self.assertIsInstance(top.getServiceNamed("caret"), CaretService)
         self.assertIn(ParentLink, [type(service) for service in top])
 
     def test_a_worker_inherits_one_socket_per_port(self) -> None:
-        for argv in [
-            ["--port", "9090", "--worker-fds=3,4"],
-            ["--port", "9090", "--workers=2", "--worker-fds=3"],
-            ["--port", "9090", "--worker-fds=three"],
+        for argv, fds in [
+            (["--port", "9090"], "3,4"),
+            (["--port", "9090", "--workers=2"], "3"),
+            (["--port", "9090"], "three"),
         ]:
-            error = self.assertRaises(UsageError, parse, *argv)
-            self.assertIn("--worker-fds", str(error))
+            error = self.assertRaises(UsageError, parse, *argv, workerFDs=fds)
+            self.assertIn(WORKER_FDS, str(error))
+
+    def test_a_process_that_is_no_worker_listens_itself(self) -> None:
+        self.assertIsNone(parse("--port", "9090")["inherited"])
 
 
 class PluginTests(SynchronousTestCase):
@@ -221,10 +226,11 @@ class HelpTests(SynchronousTestCase):
     Twisted lays out help, and nothing internal.
     """
 
-    def test_internal_options_are_left_out_of_help(self) -> None:
+    def test_help_lists_every_option_and_nothing_internal(self) -> None:
         helpText = str(tap.Options())
-        self.assertNotIn("--worker-fds", helpText)
-        self.assertIn("--workers=", helpText)
+        self.assertNotIn("worker-fds", helpText)
+        for name in ["--port=", "--workers=", "--idle-timeout=", "--metrics="]:
+            self.assertIn(name, helpText)
 
     def test_help_has_no_runs_of_spaces_inside_a_description(self) -> None:
         # Options start at column 0 to 6 and descriptions at column 27; past

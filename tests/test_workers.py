@@ -40,7 +40,13 @@ from caretproto.metrics import REPORT
 from caretproto.proxy import TrustedProxies
 from caretproto.server import CaretFactory
 from caretproto.service import CaretService
-from caretproto.workers import WorkerPool, describeExit, workerCommand
+from caretproto.workers import (
+    WORKER_FDS,
+    WorkerPool,
+    describeExit,
+    workerCommand,
+    workerEnvironment,
+)
 from caretproto.workerside import ParentLink, adoptable, inheritedEndpoint
 from tests.rawclient import RawClient, connect
 from tests.tempfolder import shortTempPath
@@ -353,14 +359,21 @@ class HelpersTests(SynchronousTestCase):
     def test_a_worker_runs_the_caret_command_with_the_parents_options(
         self,
     ) -> None:
-        command = workerCommand(["--port", "9090", "--workers", "2"], 2)
+        command = workerCommand(["--port", "9090", "--workers", "2"])
         self.assertEqual(
             command[1:6],
             ["-m", "twisted", "--log-format=json", "--log-file=-", "caret"],
         )
         self.assertEqual(
-            command[6:],
-            ["--port", "9090", "--workers", "2", "--workers=1", "--worker-fds=3,4"],
+            command[6:], ["--port", "9090", "--workers", "2", "--workers=1"]
+        )
+
+    def test_a_worker_is_told_its_inherited_sockets_in_its_environment(
+        self,
+    ) -> None:
+        self.assertEqual(
+            workerEnvironment({"PATH": "/bin"}, 2),
+            {"PATH": "/bin", WORKER_FDS: "3,4"},
         )
 
 
