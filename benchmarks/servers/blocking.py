@@ -35,12 +35,13 @@ def serve(connection: socket.socket) -> None:
 def listen() -> socket.socket:
     """
     Listen on 127.0.0.1 and the port given as the only argument (0: any
-    free one), and print the port that was bound.
+    free one), and say where, as caret does (C{caretproto.listening} reads
+    it).
     """
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
     listener.listen(BACKLOG)
-    print(listener.getsockname()[1], flush=True)
+    print(f"caret listening on 127.0.0.1:{listener.getsockname()[1]}", flush=True)
     return listener
