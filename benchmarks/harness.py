@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -54,9 +55,6 @@ MEASURED_CODE = ("caretproto/", "benchmarks/servers/", "benchmarks/cload.c")
 
 TIMES = "\u00d7"
 """The unit of a ratio."""
-DASH = "\u2013"
-"""Between a figure's min and max."""
-
 T = TypeVar("T")
 
 
@@ -479,16 +477,17 @@ def show(entry: dict[str, Any]) -> str:
 
 
 def formatted(figure: dict[str, Any] | None) -> str:
-    """C{1,234 (1,200-1,250)}: a figure's median, then its min and max."""
-    if not figure or "median" not in figure:
-        return "—"
+    """A figure as the docs show it, or a dash for none."""
+    return _figureRecords().formatFigure(figure) if figure else "\u2014"
 
-    def number(value: float) -> str:
-        if abs(value) >= 100:
-            return f"{value:,.0f}"
-        return f"{value:.3g}" if abs(value) >= 1 else f"{value:.2f}"
 
-    text = number(figure["median"])
-    if figure.get("runs", 1) > 1 and figure["min"] != figure["max"]:
-        text += f" ({number(figure['min'])}{DASH}{number(figure['max'])})"
-    return text
+def _figureRecords() -> Any:
+    """docs/_ext/figurerecords.py, the reader of records, for its formats."""
+    if "figurerecords" not in sys.modules:
+        path = ROOT / "docs" / "_ext" / "figurerecords.py"
+        spec = importlib.util.spec_from_file_location("figurerecords", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["figurerecords"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["figurerecords"]
