@@ -140,8 +140,10 @@ def throughputFigures(
                 spread = Spread.of(report.get(field) for report in reports)
                 if spread is not None:
                     figures[f"{load}.{name}.{key}"] = spread.asRecord(unit)
-                for base in ("asyncio", "twisted-write-at-once"):
+                for base in ("asyncio", "twisted-write-at-once", "caret"):
                     if base not in byServer or base == name:
+                        continue
+                    if base == "caret" and not name.startswith("caret-"):
                         continue
                     ratio = Spread.of(
                         _ratio(mine.get(field), theirs.get(field))
@@ -310,6 +312,19 @@ def tables(names: list[str], connections: tuple[int, ...]) -> dict[str, Any]:
             "title": "Rates (rounds/s; bulk: reply MB/s)",
             "header": ["server", *columns, "bulk"],
             "rows": rows("rate"),
+        },
+        "workers": {
+            "title": "caret --workers 2 beside one process, rates as a ratio",
+            "header": ["", *columns, "bulk"],
+            "rows": [
+                [
+                    "caret --workers 2 \u00f7 caret",
+                    *(
+                        f"{load}.caret-workers-2.rate-caret"
+                        for load in [*loads, "bulk"]
+                    ),
+                ]
+            ],
         },
         "hold": {
             "title": "Resident memory per held idle connection",

@@ -218,6 +218,14 @@ class Server:
         """Resident memory of the server (and its workers), in bytes."""
         return sum(int(p.memory_info().rss) for p in self._processes())
 
+    def peakRss(self) -> int:
+        """The server process's resident memory at its peak so far (Linux)."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc: not Linux?")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

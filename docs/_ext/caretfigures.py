@@ -39,11 +39,17 @@ RECORDS = ROOT / "docs" / "benchmarks.json"
 logger = logging.getLogger(__name__)
 
 
-def _records(env: Any) -> dict[str, dict[str, Any]]:
-    # Read once per build, and a page depends on the file.
-    if not hasattr(env, "caretFigureRecords"):
-        env.caretFigureRecords = loadRecords(RECORDS)
-    return env.caretFigureRecords  # type: ignore[no-any-return]
+_loaded: dict[float, dict[str, dict[str, Any]]] = {}
+
+
+def _records() -> dict[str, dict[str, Any]]:
+    # Read once per version of the file: Sphinx keeps its environment from
+    # build to build, so the records are not kept there.
+    changed = RECORDS.stat().st_mtime if RECORDS.exists() else 0.0
+    if changed not in _loaded:
+        _loaded.clear()
+        _loaded[changed] = loadRecords(RECORDS)
+    return _loaded[changed]
 
 
 class CaretFigures(SphinxDirective):
@@ -56,7 +62,7 @@ class CaretFigures(SphinxDirective):
         self.env.note_dependency(str(RECORDS))
         name = self.arguments[0]
         try:
-            entry = recordNamed(_records(self.env), name)
+            entry = recordNamed(_records(), name)
         except MissingFigure as missing:
             logger.warning(str(missing), location=self.get_location())
             return []
@@ -118,7 +124,7 @@ class CaretFigure(SphinxRole):
     def run(self) -> tuple[list[nodes.Node], list[nodes.system_message]]:
         self.env.note_dependency(str(RECORDS))
         try:
-            figure = figureNamed(_records(self.env), self.text)
+            figure = figureNamed(_records(), self.text)
         except MissingFigure as missing:
             logger.warning(str(missing), location=self.get_location())
             return [nodes.problematic(self.rawtext, self.rawtext)], []
