@@ -42,6 +42,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -222,21 +227,32 @@ def hold(folder: Path, names: list[str], count: int, quick: bool) -> dict[str, A
 
 
 def bench(server: Server, *arguments: str, timeout: float = 300) -> dict[str, Any]:
-    """One caret-bench run against C{server}; its JSON report."""
-    import json
-    import subprocess
+    """
+    One caret-bench run against C{server}; its JSON report.
 
+    @raise RuntimeError: it failed, or took over C{timeout} seconds (it is
+        then killed with its worker processes).
+    """
     command = [str(harness.BIN / "caret-bench"), "127.0.0.1", str(server.port)]
-    done = subprocess.run(
+    # A session of its own, so that a run that hangs goes with its workers.
+    process = subprocess.Popen(
         [*command, "--json", *arguments],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
+        start_new_session=True,
     )
-    if not done.stdout.strip():
-        raise RuntimeError(f"caret-bench {' '.join(arguments)}: {done.stderr}")
-    report: dict[str, Any] = json.loads(done.stdout)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise RuntimeError(
+            f"caret-bench {' '.join(arguments)}: over {timeout:g}s"
+        ) from None
+    if not stdout.strip():
+        raise RuntimeError(f"caret-bench {' '.join(arguments)}: {stderr}")
+    report: dict[str, Any] = json.loads(stdout)
     return report
 
 
@@ -355,6 +371,115 @@ def tables(names: list[str], connections: tuple[int, ...]) -> dict[str, Any]:
     }
 
 
+SESSION_MODELS = {
+    "sequential": ("sequential", None),
+    "threads": ("thread per connection", None),
+    "threadpool": ("thread pool (64)", None),
+    "asyncio": ("plain asyncio", None),
+    "uvloop": ("uvloop", None),
+    "caret": ("caret", []),
+    "caret-one": ("caret, 1 at a time", ["--max-connections", "1"]),
+}
+"""The concurrency models whose reference sessions are timed, the contrast
+the protocol is for: name, label, and caret's options (C{None}: a reference
+server of that name)."""
+
+CAPACITY = {"sequential": 1, "threadpool": 64, "caret-one": 1}
+"""Sessions a model serves at once, where that is fewer than asked."""
+
+
+def sessions(folder: Path, quick: bool) -> dict[str, Any]:
+    """
+    The reference session of docs/protocol.rst on N connections at once,
+    with caret-bench, per model, one run each: seconds from the first
+    connect to the last close.  The record C{sessions}; a model that serves
+    few at once is measured only where that takes seconds, not hours.
+    """
+    counts = {"sequential": [1, 2, 5], "caret-one": [1, 2, 5]}
+    counts["threadpool"] = [1, 100, 1000]
+    everyN = [1, 100, 1000, 10000]
+    if quick:
+        counts = {name: ns[:2] for name, ns in counts.items()}
+        everyN = everyN[:2]
+    models = {
+        name: harness.referenceServer(name)
+        if options is None
+        else harness.twistdCaret(*options)
+        for name, (_, options) in SESSION_MODELS.items()
+        if name != "uvloop" or importlib.util.find_spec("uvloop") is not None
+    }
+    figures: dict[str, Any] = {}
+    notes = []
+    with harness.running(models, folder) as servers:
+        for name in models:
+            for n in counts.get(name, everyN):
+                say(f"sessions, {name}, N = {n}")
+                try:
+                    report = bench(
+                        servers[name],
+                        *("-m", "sessions", "-c", str(n), "-P", "2"),
+                        timeout=90,
+                    )
+                except RuntimeError as failure:
+                    # One model failing (a thread per connection, where the
+                    # system allows fewer threads) must not lose the run.
+                    notes.append(f"Not measured: {name}, N = {n}: {failure}")
+                    continue
+                key = f"n{n}.{name}.elapsed"
+                figures[key] = Spread.of([report["elapsed_s"]]).asRecord("s")  # type: ignore[union-attr]
+    allN = sorted({int(key.split(".")[0][1:]) for key in figures})
+    table = {
+        "title": "Reference sessions, seconds from the first connect to the last "
+        "close (caret-bench -m sessions -c N -P 2, one run each)",
+        "header": ["N", *(SESSION_MODELS[name][0] for name in models)],
+        "rows": [
+            [f"{n:,}", *(f"n{n}.{name}.elapsed" for name in models)] for n in allN
+        ],
+    }
+    command = " ".join(["python benchmarks/compare.py", *sys.argv[1:]])
+    return harness.record(command, figures, {"elapsed": table}, notes)
+
+
+def plot(entry: dict[str, Any], path: Path) -> None:
+    """The sessions record as docs/elapsed.png: elapsed time against N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    byModel: dict[str, dict[int, float]] = {}
+    for key, value in entry["figures"].items():
+        n, name, _ = key.split(".")
+        byModel.setdefault(name, {})[int(n[1:])] = value["median"]
+    for name, measured in byModel.items():
+        ns = sorted(measured)
+        label = SESSION_MODELS[name][0]
+        (line,) = axes.plot(ns, [measured[n] for n in ns], marker="o", label=label)
+        if name in CAPACITY:
+            # A model serving C sessions at once takes ceil(N / C) batches.
+            largest = max(ns)
+            batch = measured[largest] / math.ceil(largest / CAPACITY[name])
+            beyond = [largest, 100, 1000, 10000]
+            beyond = sorted({n for n in beyond if n >= largest})
+            axes.plot(
+                beyond,
+                [math.ceil(n / CAPACITY[name]) * batch for n in beyond],
+                linestyle="--",
+                color=line.get_color(),
+                label=f"{label} (extrapolated)",
+            )
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("N, reference sessions at once")
+    axes.set_ylabel("elapsed, seconds")
+    axes.set_title("caret reference sessions: elapsed time against N")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def measure(options: argparse.Namespace, folder: Path) -> dict[str, Any]:
     connections = (100, 1000) if options.quick else RR_CONNECTIONS
     rows = commands(options.quick)
@@ -395,7 +520,13 @@ def main() -> None:
         "1,000 held",
     )
     parse.add_argument(
-        "--write", action="store_true", help="write the record into docs/"
+        "--sessions",
+        action="store_true",
+        help="also time the reference sessions of every concurrency model "
+        "(the record sessions, and docs/elapsed.png)",
+    )
+    parse.add_argument(
+        "--write", action="store_true", help="write the records into docs/"
     )
     parse.add_argument(
         "--records", type=Path, default=harness.RECORDS, help="where --write writes"
@@ -408,9 +539,15 @@ def main() -> None:
     raiseOpenFilesLimit(program="benchmarks/compare.py")
     with harness.logFolder("caret-compare-") as folder:
         entry = measure(options, folder)
-    print(harness.show(entry))
-    if options.write:
-        harness.writeRecord("compare", entry, options.records)
+        print(harness.show(entry))
+        if options.write:
+            harness.writeRecord("compare", entry, options.records)
+        if options.sessions:
+            timed = sessions(folder, options.quick)
+            print(harness.show(timed))
+            if options.write:
+                harness.writeRecord("sessions", timed, options.records)
+                plot(timed, options.records.parent / "elapsed.png")
 
 
 if __name__ == "__main__":
