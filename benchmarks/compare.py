@@ -129,7 +129,9 @@ def throughputFigures(
     C{rr100.caret.cpu} (µs a round), C{rr100.caret.rate} (rounds/s),
     C{bulk.caret.cpu} (ms a MB), C{bulk.caret.rate} (MB/s), and each one's
     ratio to plain asyncio's and to the bare Twisted server's with
-    write-at-once (C{rr100.caret.cpu-asyncio}), taken round by round: the
+    write-at-once (C{rr100.caret.cpu-asyncio}), and for caret's other rows
+    to caret's with the defaults (C{rr100.caret-workers-2.rate-caret}),
+    taken round by round: the
     rounds were interleaved, so round I of one server ran beside round I of
     the other.
     """

@@ -19,8 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
-NOT_SCRIPTS = {"harness.py", "micro.py"}
-"""The shared module, and the micro-benchmarks, which pytest runs."""
+NOT_SCRIPTS = {"harness.py", "micro.py", "conftest.py"}
+"""The shared module, and the micro-benchmarks and their hooks, which
+pytest runs."""
 
 
 def scripts() -> list[Path]:
