@@ -3,7 +3,7 @@ What every script in benchmarks/ shares: starting a server under test and
 learning its port, the C load generator, interleaved rounds, medians with
 their spread, the server's CPU time, and the records that docs/ renders.
 
-- L{startServer} starts any server of the comparison (C{twistd caret} with
+- L{Server} starts any server of the comparison (C{twistd caret} with
   options, the reference servers of benchmarks/servers/, the C epoll
   server) with its output in a log file, and learns where it listens from
   that log through L{caretproto.listening}: every server here says
@@ -234,11 +234,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def startServer(name: str, command: Sequence[str], folder: Path, **kw: Any) -> Server:
-    """Start C{command} as the server C{name}, logging into C{folder}."""
-    return Server(name, command, folder, **kw)
 
 
 @contextmanager
