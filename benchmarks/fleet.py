@@ -40,7 +40,7 @@ it, small, in CI; docs/fleet.rst describes the procedure.
                                [--json FILE] [--keep]
 
 It needs C{haproxy} (Debian's package).  Not for throughput (see
-benchmarks/workers.py), and not a real network: every host is this machine.
+benchmarks/compare.py), and not a real network: every host is this machine.
 """
 
 from __future__ import annotations

@@ -28,97 +28,63 @@ not the bottleneck; it checks replies with caretproto.rules.feed.
 from __future__ import annotations
 
 import argparse
-import os
 import selectors
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from caretproto.listening import waitForListening
+import harness
+
 from caretproto.openfiles import raiseOpenFilesLimit
 from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed
 
 MiB = 1024 * 1024
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-class Server:
-    """A C{twistd -n caret} child on 127.0.0.1, its log in a temporary file."""
-
-    def __init__(self, process: subprocess.Popen[bytes], logPath: str, port: int):
-        self.process = process
-        self.logPath = logPath
-        self.port = port
-
-    def status(self, field: str) -> int:
-        """A memory figure of the server from /proc, in bytes."""
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise KeyError(field)
-
-    def rss(self) -> int:
-        return self.status("VmRSS")
-
-    def peak(self) -> int:
-        return self.status("VmHWM")
-
-    def log(self) -> str:
-        with open(self.logPath) as log:
-            return log.read()
 
 
 @contextmanager
-def server(*options: str) -> Iterator[Server]:
-    with tempfile.TemporaryDirectory() as directory:
-        logPath = os.path.join(directory, "caret.log")
-        process = subprocess.Popen(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                f"--logfile={logPath}",
-                "caret",
-                "--port",
-                "tcp:0:interface=127.0.0.1",
-                *options,
-            ],
-            cwd=directory,
-        )
+def server(*options: str) -> Iterator[harness.Server]:
+    """C{twistd -n caret} with C{options}, started, greeting, and stopped after."""
+    with harness.logFolder("caret-limits-") as folder:
+        caret = harness.Server("caret", harness.twistdCaret(*options), folder)
         try:
-            port = _waitForPort(process, logPath)
-            yield Server(process, logPath, port)
+            # Listening comes before the reactor runs: wait for a greeting.
+            with socket.create_connection(("127.0.0.1", caret.port)) as probe:
+                if probe.recv(1) != GREETING:
+                    raise SystemExit("twistd listens but does not greet")
+            yield caret
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            caret.stop()
 
 
-def _waitForPort(process: subprocess.Popen[bytes], logPath: str) -> int:
-    try:
-        [listening, *_] = waitForListening(logPath, process)
-    except RuntimeError as error:
-        raise SystemExit(str(error)) from None
-    assert listening.port is not None
-    # Listening comes before the reactor runs: wait for a greeting.
-    with socket.create_connection(("127.0.0.1", listening.port)) as probe:
-        if probe.recv(1) != GREETING:
-            raise SystemExit("twistd listens but does not greet")
-    return listening.port
+FIGURES: dict[str, dict[str, object]] = {}
+"""What the yardsticks measured, for C{--write}: one run each."""
+
+
+def note(name: str, value: float, unit: str) -> None:
+    spread = harness.Spread.of([value])
+    assert spread is not None
+    FIGURES[name] = spread.asRecord(unit)
 
 
 def mib(size: float) -> str:
     return f"{size / MiB:.1f} MiB"
 
+
+TABLES = {
+    "limits": {
+        "title": "Limits, one run each",
+        "header": ["yardstick", "figure"],
+        "rows": [
+            ["flood: sent before sending stalled", "flood.stalled"],
+            ["flood: server RSS growth at its peak", "flood.growth"],
+            ["hold: server RSS per held connection", "hold.kib"],
+            ["hold: all greeted in", "hold.greeted"],
+            ["churn: server RSS growth since cycle 1,000", "churn.growth"],
+        ],
+    }
+}
 
 SERVER_OPTIONS: list[str] = []
 """Extra options for C{twistd caret}, from C{--server-option}."""
@@ -218,7 +184,7 @@ def flood(size: int) -> bool:
                 break
         elapsed = time.monotonic() - began
         client.close()
-        peak = caret.peak()
+        peak = caret.peakRss()
         correct = not wrong and not expected and received == size + len(GREETING)
         print(
             f"flood: received {mib(received)} of replies in {elapsed:.1f}s, "
@@ -228,6 +194,8 @@ def flood(size: int) -> bool:
             f"flood: server RSS {mib(before)} before; peak {mib(peak)}: "
             f"grew by {mib(peak - before)} at most (limit: 64 MiB)"
         )
+        note("flood.stalled", stalledAt / MiB, "MiB")
+        note("flood.growth", (peak - before) / MiB, "MiB")
         return correct and peak - before < 64 * MiB
 
 
@@ -301,6 +269,8 @@ def hold(count: int) -> bool:
             f"hold: server RSS {mib(before)} before, {mib(held)} holding them: "
             f"{perConnection / 1024:.2f} KiB per connection (limit: 3 KiB)"
         )
+        note("hold.kib", perConnection / 1024, "KiB")
+        note("hold.greeted", elapsed, "s")
         for client in clients:
             client.close()
         return answered and elapsed < 15 and perConnection <= 3 * 1024
@@ -347,6 +317,7 @@ def churn(cycles: int, inFlight: int = 64) -> bool:
                 f"({(rss - baseline) / 1024:+.0f} KiB since cycle 1000)"
             )
         growth = figures[-1][1] - baseline
+        note("churn.growth", growth / 1024, "KiB")
         return growth <= 1 * MiB
 
 
@@ -366,6 +337,11 @@ def main() -> None:
         metavar="OPTION",
         help="pass OPTION to twistd caret, e.g. --server-option=--idle-timeout=60",
     )
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="write the record limits into docs/benchmarks.json",
+    )
     arguments = parser.parse_args()
     SERVER_OPTIONS.extend(arguments.server_option)
     raiseOpenFilesLimit(program="benchmarks/limits.py")
@@ -378,6 +354,9 @@ def main() -> None:
         results["churn"] = churn(arguments.cycles)
     for name, passed in results.items():
         print(f"{name}: {'PASS' if passed else 'FAIL'}")
+    if arguments.write:
+        command = " ".join(["python benchmarks/limits.py", *sys.argv[1:]])
+        harness.writeRecord("limits", harness.record(command, FIGURES, TABLES))
     sys.exit(0 if all(results.values()) else 1)
 
 

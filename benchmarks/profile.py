@@ -23,9 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from caretproto.listening import waitForListening
+import harness
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 LOADS = {
@@ -139,34 +138,20 @@ def main() -> None:
 
 def run(options: argparse.Namespace, folder: Path) -> None:
     """Profile a server started in C{folder}, where its log and samples go."""
-    log = folder / "twistd.log"
-    server = subprocess.Popen(
-        [
-            str(BIN / "twistd"),
-            "-n",
-            "--pidfile=",
-            "--logfile",
-            str(log),
-            "caret",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-        ],
-        cwd=ROOT,
-    )
     try:
-        try:
-            port = waitForListening(log, server)[0].port
-        except RuntimeError as reason:
-            sys.exit(f"twistd caret did not start: {reason}")
-        assert port is not None
+        server = harness.Server("caret", harness.twistdCaret(), folder)
+    except RuntimeError as reason:
+        sys.exit(f"twistd caret did not start: {reason}")
+    try:
         for title, load in LOADS.items():
-            raw = profile(port, server.pid, load, options.seconds, folder)
+            raw = profile(
+                server.port, server.process.pid, load, options.seconds, folder
+            )
             print(f"{title}\n{'-' * len(title)}\n")
             command = f"caret-bench 127.0.0.1 PORT {' '.join(load)}"
             print(f"``{command}``; {table(raw, options.top)}\n")
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -16,33 +16,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import subprocess
 import sys
-import tempfile
 
-from caretproto.listening import waitForListening
+import harness
 
-LOOPBACK = "tcp:0:interface=127.0.0.1"
 CLIENT = [sys.executable, "-m", "caretproto.caretclient"]
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def startServer(extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
-    """Start twistd caret on an ephemeral port; its log goes to a file."""
-    log = tempfile.NamedTemporaryFile(prefix="caret-server-", suffix=".log")
-    server = subprocess.Popen(
-        [*TWISTD, "-n", "--pidfile=", "caret", "--port", LOOPBACK, *extra],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        [listening, *_] = waitForListening(log.name, server)
-    except RuntimeError as error:
-        server.kill()
-        raise SystemExit(f"twistd caret did not start: {error}") from None
-    assert listening.port is not None
-    return server, listening.port
 
 
 def main() -> None:
@@ -50,39 +29,57 @@ def main() -> None:
     parser.add_argument("-n", "--connections", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-connections", type=int, default=None)
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="write the record reference-sessions into docs/benchmarks.json",
+    )
     args = parser.parse_args()
     extra = []
     if args.max_connections is not None:
         extra = ["--max-connections", str(args.max_connections)]
-    server, port = startServer(extra)
-    try:
-        times = []
-        for _ in range(args.runs):
-            result = subprocess.run(
-                [*CLIENT, "-q", "-n", str(args.connections), "127.0.0.1", str(port)],
-                capture_output=True,
-                text=True,
-            )
-            if result.returncode != 0:
-                raise SystemExit(f"caret-client failed:\n{result.stderr}")
-            reported = re.search(r"Elapsed: (\S+)", result.stdout)
-            assert reported is not None, result.stdout
-            elapsed = float(reported[1])
-            times.append(elapsed)
-            print(f"caret-client -n {args.connections}: Elapsed {elapsed:.2f}")
-        server_kind = (
-            f"--max-connections {args.max_connections}"
-            if args.max_connections is not None
-            else "default server"
+    with harness.logFolder("caret-sessions-") as folder:
+        server = harness.Server("caret", harness.twistdCaret(*extra), folder)
+        try:
+            times = []
+            for _ in range(args.runs):
+                address = ["127.0.0.1", str(server.port)]
+                result = subprocess.run(
+                    [*CLIENT, "-q", "-n", str(args.connections), *address],
+                    capture_output=True,
+                    text=True,
+                )
+                if result.returncode != 0:
+                    raise SystemExit(f"caret-client failed:\n{result.stderr}")
+                reported = re.search(r"Elapsed: (\S+)", result.stdout)
+                assert reported is not None, result.stdout
+                elapsed = float(reported[1])
+                times.append(elapsed)
+                print(f"caret-client -n {args.connections}: Elapsed {elapsed:.2f}")
+        finally:
+            server.stop()
+    kind = (
+        f"--max-connections {args.max_connections}"
+        if args.max_connections is not None
+        else "default server"
+    )
+    spread = harness.Spread.of(times)
+    assert spread is not None
+    print(
+        f"{args.connections} sessions, {kind}: median "
+        f"{spread.median:.2f} s over {args.runs} runs "
+        f"(min {spread.low:.2f}, max {spread.high:.2f})"
+    )
+    if args.write:
+        key = f"n{args.connections}.caret.elapsed"
+        label = f"{args.connections:,} sessions, {kind}"
+        command = " ".join(["python benchmarks/reference_sessions.py", *sys.argv[1:]])
+        table = {"title": "caret-client -q -n N", "header": ["", "seconds"]}
+        table["rows"] = [[label, key]]
+        harness.writeRecord(
+            "reference-sessions",
+            harness.record(command, {key: spread.asRecord("s")}, {"elapsed": table}),
         )
-        print(
-            f"{args.connections} sessions, {server_kind}: median "
-            f"{statistics.median(times):.2f} s over {args.runs} runs "
-            f"(min {min(times):.2f}, max {max(times):.2f})"
-        )
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 if __name__ == "__main__":

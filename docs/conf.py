@@ -30,6 +30,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "pydoctor.sphinx_ext.build_apidocs",
     "caretoptions",
+    "caretfigures",
 ]
 intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
 

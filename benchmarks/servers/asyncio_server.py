@@ -1,6 +1,13 @@
 """
-A plain asyncio caret server (asyncio.Protocol, the shape of a Twisted
-protocol), on the default event loop, or on uvloop's with --uvloop.
+The caret server a user of plain asyncio would write: an C{asyncio.Protocol}
+with the rules inline, C{writelines}, no idle timeout.  On the default event
+loop, or on uvloop's with C{--uvloop}.
+
+It shares no code with caretproto on purpose: benchmarks/compare.py sets
+caretproto beside the alternative a user has, not beside caretproto's own
+rule core on another loop.  It is a yardstick, not part of the package.
+
+    python benchmarks/servers/asyncio_server.py [PORT] [--uvloop]
 """
 
 from __future__ import annotations
@@ -8,23 +15,41 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from caretproto.rules import GREETING, State, feed
-
 BACKLOG = 4096
+SUCCESSOR = bytes(range(1, 256)) + b"\x00"
 
 
 class Caret(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.state = State.WAIT_FOR_MSG
-        transport.write(GREETING)
+        self.inMessage = False
+        transport.write(b"*")
 
     def data_received(self, data: bytes) -> None:
-        self.state, reply, _ = feed(self.state, data)
-        if reply:
-            self.transport.write(reply)
+        # The rules of docs/protocol.rst: '^' opens a message, '$' closes
+        # it, each byte inside answered with its successor.
+        replies = []
+        inMessage = self.inMessage
+        pos, end = 0, len(data)
+        while pos < end:
+            if not inMessage:
+                start = data.find(b"^", pos)
+                if start < 0:
+                    break
+                inMessage, pos = True, start + 1
+            else:
+                stop = data.find(b"$", pos)
+                if stop < 0:
+                    replies.append(data[pos:].translate(SUCCESSOR))
+                    break
+                if stop > pos:
+                    replies.append(data[pos:stop].translate(SUCCESSOR))
+                inMessage, pos = False, stop + 1
+        self.inMessage = inMessage
+        if replies:
+            self.transport.writelines(replies)
 
-    # Flow control: stop reading while replies back up, as caretproto does.
+    # Flow control: stop reading while replies back up.
     def pause_writing(self) -> None:
         self.transport.pause_reading()
 
@@ -41,7 +66,9 @@ async def main() -> None:
     server = await asyncio.get_running_loop().create_server(
         Caret, "127.0.0.1", port, backlog=BACKLOG
     )
-    print(server.sockets[0].getsockname()[1], flush=True)
+    # The line caretproto.listening reads, as caret says it.
+    print(f"caret listening on 127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    sys.stdout.flush()
     await server.serve_forever()
 
 

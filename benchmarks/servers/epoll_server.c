@@ -5,7 +5,7 @@
  * generator was not what limited the other rows.
  *
  *   cc -O2 -o epoll_server benchmarks/servers/epoll_server.c
- *   ./epoll_server [PORT]      # prints the port it listens on, 127.0.0.1
+ *   ./epoll_server [PORT]      # says where it listens, as caret does
  *
  * It keeps the rules of docs/protocol.rst: greeting '*', WAIT_FOR_MSG and
  * IN_MSG, (b + 1) mod 256 inside a message; replies owed when the client
@@ -83,7 +83,7 @@ int main(int argc, char **argv) {
         perror("epoll_server");
         return 1;
     }
-    printf("%d\n", ntohs(addr.sin_port));
+    printf("caret listening on 127.0.0.1:%d\n", ntohs(addr.sin_port));
     fflush(stdout);
 
     ep = epoll_create1(0);

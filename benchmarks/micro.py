@@ -6,7 +6,7 @@ cannot be avoided.
 
 Run them with::
 
-    python -m pytest benchmarks/test_protocol.py
+    python -m pytest benchmarks/micro.py
 
 They are not part of C{python -m pytest tests}; nothing here asserts a speed.
 Each benchmark records its rate in C{extra_info} (shown with
@@ -180,7 +180,7 @@ def test_caret_16_byte_messages_4096_per_64k_read(benchmark: Any) -> None:
 if __name__ == "__main__":
     # A pytest module, not a script: say how to run it, whatever the arguments.
     raise SystemExit(
-        "usage: python -m pytest benchmarks/test_protocol.py [pytest options]\n\n"
+        "usage: python -m pytest benchmarks/micro.py [pytest options]\n\n"
         "Micro-benchmarks of the caret server protocol (pytest-benchmark, in the "
         "bench extra)."
     )
