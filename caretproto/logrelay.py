@@ -61,7 +61,7 @@ def relayLine(
     reports: WorkerReports | None,
     worker: RelayedWorker,
     childFD: int,
-    line: bytes,
+    line: str,
 ) -> None:
     """
     Log a line C{worker} wrote to C{childFD} into C{log}: a JSON log event
@@ -69,7 +69,7 @@ def relayLine(
     number and pid; anything else is logged as text.  A report goes to
     C{reports} instead, if there is anything to take it.
     """
-    text = line.lstrip(b"\x1e").decode("utf-8", "replace")
+    text = line.lstrip("\x1e")
     event = _logEvent(text) if childFD == 1 else None
     if event is not None and REPORT in event and reports is not None:
         reports.reported(worker, event[REPORT])
