@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_caretclient,tests.test_bench,tests.test_commandlines -*-
+# -*- test-case-name: tests.test_caretclient,tests.test_commandlines -*-
 """
 The options C{caret-client} and C{caret-bench} share: which server to
 connect to, and how.
