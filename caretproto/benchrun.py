@@ -1,14 +1,15 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 The C{caret-bench} command: options, spreading the load over processes,
 the live display and the report.
 
 C{caret-bench HOST PORT --mode rr -c 100 --processes 2 --json} runs two
 worker processes (this module again, C{python -m caretproto.benchrun
---worker PARAMS}), each a
-L{caretproto.bench.Load} with half the connections; all start measuring
-together, and their tallies are merged into one report.  The load itself, and
-the checking of every reply byte, is L{caretproto.bench}; this module only
-runs it.
+--worker PARAMS}, in the same environment), each a L{caretproto.bench.Load}
+with half the connections; all start measuring together, and their tallies
+are merged into one report.  The load itself, and the checking of every
+reply byte, is L{caretproto.bench}; where the server is, and how the options
+are read, L{caretproto.clientoptions}; this module only runs it.
 """
 
 from __future__ import annotations

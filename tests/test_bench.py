@@ -341,6 +341,26 @@ class OptionsTests(TestCase):
             )
         )
 
+    def test_a_worker_is_this_module_run_in_the_same_environment(self) -> None:
+        spawned: list[tuple[str, list[str], Any]] = []
+
+        class Spawner:
+            def spawnProcess(
+                self, protocol: Any, executable: str, args: list[str], env: Any
+            ) -> None:
+                spawned.append((executable, args, env))
+
+        params = Params("localhost", 9090, connections=3)
+        benchrun.WorkerShare(Spawner(), params)
+        [(executable, args, env)] = spawned
+        self.assertEqual(
+            args,
+            [sys.executable, "-m", "caretproto.benchrun", "--worker", args[-1]],
+        )
+        self.assertEqual(executable, sys.executable)
+        self.assertIs(env, os.environ)
+        self.assertEqual(Params(**json.loads(args[-1])), params)
+
     def test_connections_spread_over_processes_without_empty_shares(self) -> None:
         shares = Params("h", 1, connections=5, processes=3).shares()
         self.assertEqual([share.connections for share in shares], [2, 2, 1])
