@@ -23,6 +23,7 @@ L{caretproto.benchrun}, nor for the sessions or the load they run.
 from __future__ import annotations
 
 import getopt
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,9 +127,9 @@ class ClientOptions(usage.Options):
         Parse C{options}, as C{usage.Options.parseOptions} does, but with the
         options allowed after the arguments too.
         """
-        if options is not None:
-            options = self._optionsFirst(options)
-        super().parseOptions(options)
+        super().parseOptions(
+            self._optionsFirst(sys.argv[1:] if options is None else options)
+        )
 
     def _optionsFirst(self, options: Sequence[str]) -> list[str]:
         """
