@@ -25,20 +25,20 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import NotConnectingError
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
+    IProtocol,
     IPushProducer,
     IReactorTime,
+    IStreamClientEndpoint,
     ITCPTransport,
 )
-from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -388,21 +388,14 @@ class _Session(_Connection):
         super().connectionLost(reason)
 
 
-class _LoadFactory(ClientFactory):
+class _LoadFactory(Factory):
+    noisy = False
+
     def __init__(self, load: Load) -> None:
         self.load = load
 
     def buildProtocol(self, addr: Any) -> Protocol:
         return self.load.newConnection()
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.load.error(f"cannot connect: {reason.getErrorMessage()}")
-        self.load.connectFailed()
-
-
-Connect = Callable[[ClientFactory], Any]
-"""Starts one connection attempt with a factory: C{reactor.connectTCP} bound
-to the server's address, or its TLS equivalent."""
 
 
 class Load:
@@ -424,7 +417,7 @@ class Load:
     def __init__(
         self,
         reactor: Any,
-        connect: Connect,
+        endpoint: IStreamClientEndpoint,
         mode: str,
         connections: int,
         size: int = 16,
@@ -435,7 +428,7 @@ class Load:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}: {mode!r}")
         self.reactor = reactor
-        self._connect = connect
+        self._endpoint = endpoint
         self.mode = mode
         self.connections = connections
         self.size = size
@@ -453,7 +446,7 @@ class Load:
         self._ending = False
         self._connectStarted = 0.0
         self._connected: Deferred[None] | None = None
-        self._connectors: list[Any] = []
+        self._attemptsConnecting: list[Deferred[IProtocol]] = []
         self._waitingForGreetings: IDelayedCall | None = None
         self._done: Deferred[Tally] = Deferred()
         self._windowEnd: float | None = None
@@ -506,9 +499,14 @@ class Load:
 
     def _attempt(self) -> None:
         self._attempts += 1
-        connector = self._connect(self.factory)
-        if self._connected is not None:
-            self._connectors.append(connector)
+        attempt = self._endpoint.connect(self.factory)
+        attempt.addErrback(self._connectFailed)
+        if self._connected is not None and not attempt.called:
+            self._attemptsConnecting.append(attempt)
+
+    def _connectFailed(self, reason: Failure) -> None:
+        self.error(f"cannot connect: {reason.getErrorMessage()}")
+        self._settle()
 
     def _stopWaitingForGreetings(self) -> None:
         self._waitingForGreetings = None
@@ -519,13 +517,10 @@ class Load:
             self._settled += neverTried
             for _ in range(neverTried):
                 self.error(f"{reason} (not tried)")
-        for connector in self._connectors:
-            try:
-                connector.stopConnecting()
-            except NotConnectingError:
-                # Connected already (or failed): the connection is failed
-                # below, if it was not greeted.
-                pass
+        # An attempt that connected already (or failed) is not cancelled:
+        # its connection is failed below, if it was not greeted.
+        for attempt in self._attemptsConnecting:
+            attempt.cancel()
         for connection in list(self.open):
             if not connection.isReady:
                 connection.fail(reason)
@@ -548,7 +543,7 @@ class Load:
         if self._waitingForGreetings is not None:
             self._waitingForGreetings.cancel()
             self._waitingForGreetings = None
-        self._connectors = []
+        self._attemptsConnecting = []
         self.tally.connectSeconds = time.perf_counter() - self._connectStarted
         connected, self._connected = self._connected, None
         connected.callback(None)
@@ -576,9 +571,6 @@ class Load:
             connection.begin()
             return
         self.ready.append(connection)
-        self._settle()
-
-    def connectFailed(self) -> None:
         self._settle()
 
     def error(self, reason: str) -> None:

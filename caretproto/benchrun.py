@@ -1,18 +1,19 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 The C{caret-bench} command: options, spreading the load over processes,
 the live display and the report.
 
 C{caret-bench HOST PORT --mode rr -c 100 --processes 2 --json} runs two
-worker processes (this module again, with C{--worker}), each a
-L{caretproto.bench.Load} with half the connections; all start measuring
-together, and their tallies are merged into one report.  The load itself, and
-the checking of every reply byte, is L{caretproto.bench}; this module only
-runs it.
+worker processes (this module again, C{python -m caretproto.benchrun
+--worker PARAMS}, in the same environment), each a L{caretproto.bench.Load}
+with half the connections; all start measuring together, and their tallies
+are merged into one report.  The load itself, and the checking of every
+reply byte, is L{caretproto.bench}; where the server is, and how the options
+are read, L{caretproto.clientoptions}; this module only runs it.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -23,15 +24,22 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.protocol import ClientFactory, ProcessProtocol
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall, react
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python import usage
 from twisted.python.failure import Failure
 
-from caretproto.bench import MODES, Connect, Load, Tally
-from caretproto.endpoints import resolve, tlsCreator
+from caretproto.bench import MODES, Load, Tally
+from caretproto.clientoptions import ClientOptions, connectTo
 from caretproto.openfiles import OpenFilesLimitError, raiseOpenFilesLimit
-from caretproto.optionchecks import positive, tcpPort
+from caretproto.optionchecks import positive, usageFailure
+from caretproto.processlines import LineProcessProtocol
+
+PROGRAM = "caret-bench"
+
+WORKER = "--worker"
+"""The first argument of a worker process, followed by its L{Params} as JSON."""
 
 PROGRESS_INTERVAL = 0.5
 """Seconds between updates of the live display and worker progress."""
@@ -39,10 +47,14 @@ PROGRESS_INTERVAL = 0.5
 
 @dataclass(frozen=True)
 class Params:
-    """What to run: the options of one C{caret-bench} command."""
+    """
+    What to run: the options of one C{caret-bench} command.  The server is
+    C{host} and C{port} (over TLS if C{tls}), or the client endpoint
+    description C{endpoint}.
+    """
 
-    host: str
-    port: int
+    host: str | None
+    port: int | None
     mode: str = "rr"
     connections: int = 1
     size: int = 16
@@ -51,6 +63,7 @@ class Params:
     tls: bool = False
     ca: str | None = None
     greetingTimeout: float = 10.0
+    endpoint: str | None = None
 
     def shares(self) -> list[Params]:
         """The same run cut into one share per process (none left empty)."""
@@ -67,137 +80,138 @@ class Params:
             for index in range(processes)
         ]
 
+    @property
+    def server(self) -> str:
+        """The server, as the report names it."""
+        if self.endpoint is not None:
+            return self.endpoint
+        return f"{self.host}:{self.port}"
 
-def parser() -> argparse.ArgumentParser:
-    """The options of C{caret-bench}."""
-    parse = argparse.ArgumentParser(
-        prog="caret-bench",
-        description=(
-            "Drive a caret server and check every byte it answers.  rr: rounds "
-            "of one --size byte message and its reply on each connection; bulk: "
-            "one endless message per connection, replies counted; hold: hold "
-            "the connections idle for --duration, then one round on each; "
-            "sessions: the reference session of docs/protocol.rst on every connection "
-            "at once.  Any wrong byte is an error and makes the exit status 1."
-        ),
-        epilog=(
-            "The report: rounds (sessions, for sessions) and rounds_per_s; "
-            "mb_per_s, reply bytes checked per second in millions; p50_ms and "
-            "p99_ms of round (session) times; errors; elapsed_s, the "
-            "measured window."
-        ),
+
+def mode(value: str) -> str:
+    """C{--mode}: one of L{MODES}."""
+    if value not in MODES:
+        raise usage.UsageError(
+            f"--mode takes one of {', '.join(MODES)}, like --mode rr; got {value!r}"
+        )
+    return value
+
+
+mode.coerceDoc = f"One of {', '.join(MODES)}."  # type: ignore[attr-defined]
+
+
+class Options(ClientOptions):
+    """
+    Options of C{caret-bench}; where the server is: L{ClientOptions}.
+    """
+
+    program = PROGRAM
+    synopsis = (
+        f"{PROGRAM} [options] ([--tls [--ca FILE]] HOST PORT | --endpoint DESCRIPTION)"
     )
-    parse.add_argument("host", metavar="HOST", help="The server's name or address.")
-    parse.add_argument("port", metavar="PORT", type=tcpPort, help="Its TCP port.")
-    parse.add_argument(
-        "-m", "--mode", choices=MODES, default="rr", help="What to run (default rr)."
+    longdesc = (
+        "Drive a caret server and check every byte it answers.  rr: rounds "
+        "of one --size byte message and its reply on each connection; bulk: "
+        "one endless message per connection, replies counted; hold: hold "
+        "the connections idle for --duration, then one round on each; "
+        "sessions: the reference session of docs/protocol.rst on every "
+        "connection at once.  Any wrong byte is an error and makes the exit "
+        "status 1.  The report: rounds (sessions, for sessions) and "
+        "rounds_per_s; mb_per_s, reply bytes checked per second in millions; "
+        "p50_ms and p99_ms of round (session) times; errors; elapsed_s, the "
+        "measured window."
     )
-    parse.add_argument(
-        "-c",
-        "--connections",
-        type=positive("connections", "100"),
-        default=1,
-        metavar="N",
-        help="Connections, spread over the processes (default 1).",
-    )
-    parse.add_argument(
-        "-s",
-        "--size",
-        type=positive("size", "16"),
-        default=16,
-        metavar="BYTES",
-        help="Bytes of each rr/hold message on the wire, ^ and $ included, at "
-        "least 3 (default 16).",
-    )
-    parse.add_argument(
-        "-d",
-        "--duration",
-        type=positive("duration", "10", float),
-        default=10.0,
-        metavar="SECONDS",
-        help="Seconds to measure (rr, bulk) or to hold (hold); sessions ignore "
-        "it (default 10).",
-    )
-    parse.add_argument(
-        "-P",
-        "--processes",
-        type=positive("processes", "2"),
-        default=1,
-        metavar="N",
-        help="Client processes to spread the connections over (default 1).",
-    )
-    parse.add_argument(
-        "--greeting-timeout",
-        type=positive("greeting-timeout", "10", float),
-        default=10.0,
-        metavar="SECONDS",
-        help="rr, bulk, hold: seconds to wait for every connection's greeting; "
-        "the rest are errors and the run goes on with those greeted (default 10).",
-    )
-    parse.add_argument(
-        "--json", action="store_true", help="Print the report as one JSON object."
-    )
-    parse.add_argument(
-        "--tls",
-        action="store_true",
-        help="Connect with TLS, trusting the platform's CAs unless --ca.",
-    )
-    parse.add_argument("--ca", metavar="PEM", help="With --tls: the CA to trust.")
-    return parse
+    optFlags = [["json", None, "Print the report as one JSON object."]]
+    optParameters: list[list[Any]] = [
+        ["mode", "m", "rr", "What to run.", mode],
+        [
+            "connections",
+            "c",
+            1,
+            "Connections, spread over the processes.",
+            positive("connections", "100"),
+        ],
+        [
+            "size",
+            "s",
+            16,
+            "Bytes of each rr/hold message on the wire, ^ and $ included, at least 3.",
+            positive("size", "16"),
+        ],
+        [
+            "duration",
+            "d",
+            10.0,
+            "Seconds to measure (rr, bulk) or to hold (hold); sessions ignore it.",
+            positive("duration", "10", float),
+        ],
+        [
+            "processes",
+            "P",
+            1,
+            "Client processes to spread the connections over.",
+            positive("processes", "2"),
+        ],
+        [
+            "greeting-timeout",
+            None,
+            10.0,
+            "rr, bulk, hold: seconds to wait for every connection's greeting; "
+            "the rest are errors and the run goes on with those greeted.",
+            positive("greeting-timeout", "10", float),
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if self["size"] < 3:
+            raise usage.UsageError(
+                f"--size takes at least 3 (^, one byte, $), like --size 16; "
+                f"got {self['size']}"
+            )
+        super().postOptions()
+
+    def params(self) -> Params:
+        """The run these options ask for."""
+        return Params(
+            host=self["host"],
+            port=self["port"],
+            mode=self["mode"],
+            connections=self["connections"],
+            size=self["size"],
+            duration=self["duration"],
+            processes=self["processes"],
+            tls=bool(self["tls"]),
+            ca=self["ca"],
+            greetingTimeout=self["greeting-timeout"],
+            endpoint=self["endpoint"],
+        )
 
 
 def parseParams(args: Sequence[str]) -> tuple[Params, bool]:
     """
-    C{args} as parameters and whether to print JSON; a bad option exits with
-    status 2 and a message naming it.
+    C{args} as parameters and whether to print JSON.
+
+    @raise usage.UsageError: an option or argument is wrong; the message
+        names it.
     """
-    parse = parser()
-    options = parse.parse_args(args)
-    if options.size < 3:
-        parse.error(
-            f"argument -s/--size: at least 3 (^, one byte, $), like --size 16; "
-            f"got {options.size}"
-        )
-    if options.ca is not None:
-        if not options.tls:
-            parse.error("argument --ca: only with --tls")
-        try:
-            tlsCreator(options.host, options.ca)
-        except ValueError as error:
-            parse.error(f"argument --ca: {error}")
-    try:
-        resolve(options.host, options.port)
-    except ValueError as error:
-        parse.error(f"argument HOST: {error}")
-    params = Params(
-        host=options.host,
-        port=options.port,
-        mode=options.mode,
-        connections=options.connections,
-        size=options.size,
-        duration=options.duration,
-        processes=options.processes,
-        tls=options.tls,
-        ca=options.ca,
-        greetingTimeout=options.greeting_timeout,
+    options = Options()
+    options.parseOptions(args)
+    return options.params(), options["json"]
+
+
+def endpointFor(reactor: Any, params: Params) -> IStreamClientEndpoint:
+    """
+    The endpoint every connection of a load opens: with C{HOST PORT}, the
+    host is resolved once, not per connection.
+    """
+    return connectTo(
+        reactor,
+        params.host,
+        params.port,
+        tls=params.tls,
+        ca=params.ca,
+        endpoint=params.endpoint,
     )
-    return params, options.json
-
-
-def connector(reactor: Any, params: Params) -> Connect:
-    """
-    How each connection of a load is opened: the host is resolved once, not
-    per connection.
-    """
-    ip = resolve(params.host, params.port)
-    if not params.tls:
-        return lambda factory: reactor.connectTCP(ip, params.port, factory, 30)
-    creator = tlsCreator(params.host, params.ca)
-
-    def connectTLS(factory: ClientFactory) -> Any:
-        return reactor.connectSSL(ip, params.port, factory, creator, 30)
-
-    return connectTLS
 
 
 def report(params: Params, tally: Tally) -> dict[str, Any]:
@@ -209,6 +223,7 @@ def report(params: Params, tally: Tally) -> dict[str, Any]:
         "mode": params.mode,
         "host": params.host,
         "port": params.port,
+        "endpoint": params.endpoint,
         "connections": params.connections,
         "size": params.size,
         "duration": params.duration,
@@ -240,10 +255,11 @@ def summary(figures: dict[str, Any]) -> str:
         "hold": f"held, then one {figures['size']}-byte round each",
         "sessions": "reference sessions",
     }[figures["mode"]]
+    server = figures.get("endpoint") or f"{figures['host']}:{figures['port']}"
     lines = [
-        f"caret-bench {figures['mode']} {figures['host']}:{figures['port']}: "
-        f"{figures['connections']} connections, {what}, "
-        f"{figures['processes']} process(es)",
+        f"caret-bench {figures['mode']} {server}: "
+        f"{_counted(figures['connections'], 'connection')}, {what}, "
+        f"{_counted(figures['processes'], 'process', 'processes')}",
     ]
     if figures["mode"] != "bulk":
         counted = "sessions" if figures["mode"] == "sessions" else "rounds  "
@@ -261,12 +277,17 @@ def summary(figures: dict[str, Any]) -> str:
         )
     if figures["mode"] == "hold":
         lines.append(
-            f"  held     {figures['held']:,} connections "
+            f"  held     {_counted(figures['held'], 'connection')} "
             f"(opened in {figures['connect_s']:.3f} s)"
         )
     lines.append(f"  errors   {figures['errors']:,}")
     lines.extend(f"    {sample}" for sample in figures["error_samples"])
     return "\n".join(lines)
+
+
+def _counted(count: int, one: str, many: str | None = None) -> str:
+    """C{count} things, singular or plural as English says: 1 process, 2 processes."""
+    return f"{count:,} {one if count == 1 else many or one + 's'}"
 
 
 class Share:
@@ -291,7 +312,7 @@ class LocalShare(Share):
         self.connections = params.connections
         self.load = Load(
             reactor,
-            connector(reactor, params),
+            endpointFor(reactor, params),
             params.mode,
             params.connections,
             params.size,
@@ -309,31 +330,25 @@ class LocalShare(Share):
         return self.load.progress()
 
 
-class WorkerShare(Share, ProcessProtocol):
+class WorkerShare(Share, LineProcessProtocol):
     """
     A load run by a worker process (C{caret-bench --worker PARAMS}), which
     reports by JSON lines on its stdout and starts on C{go} on its stdin.
     """
 
     def __init__(self, reactor: Any, params: Params) -> None:
+        LineProcessProtocol.__init__(self)
         self.connections = params.connections
         self.params = params
         self._ready: Deferred[None] = Deferred()
         self._done: Deferred[Tally] = Deferred()
         self._progress: dict[str, Any] = {}
-        self._buffer = b""
-        # The worker must import this very caretproto: "python -m" would put
-        # the working directory first on sys.path, and with it any other
-        # checkout of the project that happens to be there.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        start = (
-            f"import sys; sys.path[0] = {root!r}; "
-            "from caretproto.benchrun import main; main()"
-        )
+        # The worker is this module run as "python -m", in this process's
+        # environment, as the command's user would run it.
         reactor.spawnProcess(
             self,
             sys.executable,
-            [sys.executable, "-c", start, "--worker", json.dumps(asdict(params))],
+            workerCommand(params),
             env=os.environ,
         )
 
@@ -348,20 +363,18 @@ class WorkerShare(Share, ProcessProtocol):
     def progress(self) -> dict[str, Any]:
         return self._progress
 
-    def outReceived(self, data: bytes) -> None:
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        for line in lines:
-            news = json.loads(line)
-            if "ready" in news and not self._ready.called:
-                self._ready.callback(None)
-            elif "progress" in news:
-                self._progress = news["progress"]
-            elif "tally" in news and not self._done.called:
-                self._done.callback(Tally.fromJSON(news["tally"]))
-
-    def errReceived(self, data: bytes) -> None:
-        sys.stderr.buffer.write(data)
-        sys.stderr.flush()
+    def lineReceived(self, childFD: int, line: str) -> None:
+        if childFD != 1:
+            # The worker's own errors, for the person running the command.
+            print(line, file=sys.stderr, flush=True)
+            return
+        news = json.loads(line)
+        if "ready" in news and not self._ready.called:
+            self._ready.callback(None)
+        elif "progress" in news:
+            self._progress = news["progress"]
+        elif "tally" in news and not self._done.called:
+            self._done.callback(Tally.fromJSON(news["tally"]))
 
     def processEnded(self, reason: Failure) -> None:
         if not self._ready.called:
@@ -374,6 +387,17 @@ class WorkerShare(Share, ProcessProtocol):
                     errorSamples=[f"worker process ended: {reason.getErrorMessage()}"],
                 )
             )
+
+
+def workerCommand(params: Params) -> list[str]:
+    """The command line of a worker process that runs C{params}."""
+    return [
+        sys.executable,
+        "-m",
+        "caretproto.benchrun",
+        WORKER,
+        json.dumps(asdict(params)),
+    ]
 
 
 class _WorkerControl(LineOnlyReceiver):
@@ -517,9 +541,9 @@ async def run(reactor: Any, params: Params, display: Display | None = None) -> T
 def _raiseFileLimit() -> None:
     """Thousands of connections need thousands of descriptors: as many as allowed."""
     try:
-        raiseOpenFilesLimit(program="caret-bench")
+        raiseOpenFilesLimit(program=PROGRAM)
     except OpenFilesLimitError as error:
-        print(f"caret-bench: warning: {error}", file=sys.stderr)
+        print(f"{PROGRAM}: warning: {error}", file=sys.stderr)
 
 
 def _canShowLive() -> bool:
@@ -540,11 +564,14 @@ def _canShowLive() -> bool:
 def main(argv: Sequence[str] | None = None) -> None:
     """The C{caret-bench} console script."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if args[:1] == ["--worker"]:
+    if args[:1] == [WORKER]:
         params = Params(**json.loads(args[1]))
         _raiseFileLimit()
         react(lambda reactor: Deferred.fromCoroutine(worker(reactor, params)))
-    params, printJSON = parseParams(args)
+    try:
+        params, printJSON = parseParams(args)
+    except usage.UsageError as error:
+        raise usageFailure(PROGRAM, error) from None
     _raiseFileLimit()
     live = sys.stderr.isatty() and _canShowLive()
 

@@ -9,8 +9,10 @@ The C{caret-client} command: the reference client session
 It parses options, makes room for N open connections, runs
 L{caretproto.referenceclient.runSessions} in the reactor and prints its log and the
 elapsed time.  The exit status is 0 when every connection's session went as
-the protocol says, 1 with a one-line summary when any failed, and 2 for bad
-options.  The session itself lives in L{caretproto.referenceclient}.
+the protocol says, and 1 with a one-line summary when any failed or the
+options are wrong.  The options it shares with C{caret-bench} are
+L{caretproto.clientoptions}; the session itself lives in
+L{caretproto.referenceclient}.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import react
 from twisted.logger import (
     FilteringLogObserver,
@@ -33,9 +34,9 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
-from caretproto.endpoints import clientEndpoint
+from caretproto.clientoptions import ClientOptions
 from caretproto.openfiles import OpenFilesLimitError, raiseOpenFilesLimit
-from caretproto.optionchecks import positive, tcpPort
+from caretproto.optionchecks import positive, usageFailure
 from caretproto.referenceclient import (
     DEFAULT_TIMEOUT,
     ReferenceLogObserver,
@@ -48,14 +49,11 @@ PROGRAM = "caret-client"
 SPARE_FILES = 64
 """Descriptors needed besides one per connection: stdio, the reactor's own."""
 
-ENDPOINT_EXAMPLES = (
-    "tcp:host=127.0.0.1:port=9090, unix:path=/run/caret.sock, tls:example.com:9443"
-)
 
+class Options(ClientOptions):
+    """Options of C{caret-client}; where the server is: L{ClientOptions}."""
 
-class Options(usage.Options):
-    """Options of C{caret-client}."""
-
+    program = PROGRAM
     synopsis = (
         f"{PROGRAM} [-n N] [options] ([--tls [--ca FILE]] HOST PORT "
         "| --endpoint DESCRIPTION)"
@@ -68,11 +66,6 @@ class Options(usage.Options):
     )
     optFlags = [
         ["quiet", "q", "Log only failures; print the elapsed time and summary."],
-        [
-            "tls",
-            None,
-            "Speak TLS to HOST PORT; the server's certificate must be valid for HOST.",
-        ],
     ]
     optParameters = [
         [
@@ -81,20 +74,6 @@ class Options(usage.Options):
             1,
             "How many connections run the session at once.",
             positive("connections", "100"),
-        ],
-        [
-            "ca",
-            None,
-            None,
-            "With --tls: a PEM file of the certificate authority to trust, "
-            "instead of those the system trusts.",
-        ],
-        [
-            "endpoint",
-            None,
-            None,
-            "A Twisted client endpoint description to connect to instead of "
-            f"HOST PORT, like {ENDPOINT_EXAMPLES}.",
         ],
         [
             "timeout",
@@ -107,56 +86,8 @@ class Options(usage.Options):
         ],
     ]
 
-    def parseArgs(self, *server: str) -> None:
-        if self["ca"] is not None and not self["tls"]:
-            raise usage.UsageError("--ca FILE is for --tls: give both")
-        if self["endpoint"] is not None:
-            if server:
-                raise usage.UsageError("give either HOST PORT or --endpoint, not both")
-            if self["tls"]:
-                raise usage.UsageError(
-                    "--tls is for HOST PORT; with --endpoint, give a tls: "
-                    "description, like tls:example.com:9443:trustRoots=/etc/caret/ca"
-                )
-            return
-        if len(server) != 2:
-            raise usage.UsageError(
-                "give the server as HOST PORT (like 127.0.0.1 9090, after the "
-                f"options) or as --endpoint DESCRIPTION (like {ENDPOINT_EXAMPLES}); "
-                f"got {' '.join(server) or 'neither'}"
-            )
-        host, port = server
-        self["host"] = host
-        self["port"] = tcpPort(port)
-
-
-def _endpoint(reactor: IReactorTime, options: Options) -> IStreamClientEndpoint:
-    if options["endpoint"] is None:
-        try:
-            return clientEndpoint(
-                reactor,
-                options["host"],
-                options["port"],
-                tls=options["tls"],
-                ca=options["ca"],
-            )
-        except ValueError as error:
-            raise usage.UsageError(str(error)) from None
-    try:
-        return endpoints.clientFromString(reactor, options["endpoint"])
-    except Exception as error:
-        raise usage.UsageError(
-            f"--endpoint {options['endpoint']!r} is not a usable client endpoint "
-            f"({error}); use a Twisted endpoint description, like "
-            f"{ENDPOINT_EXAMPLES}"
-        ) from None
-
 
 async def _run(reactor: IReactorTime, options: Options) -> None:
-    try:
-        endpoint = _endpoint(reactor, options)
-    except usage.UsageError as error:
-        _fail(str(error), 2)
     observer = ReferenceLogObserver(sys.stdout)
     log = Logger(
         namespace="caretproto.referenceclient",
@@ -170,7 +101,11 @@ async def _run(reactor: IReactorTime, options: Options) -> None:
         ),
     )
     report: Report = await runSessions(
-        reactor, endpoint, options["connections"], log, timeout=options["timeout"]
+        reactor,
+        options.connectTo,
+        options["connections"],
+        log,
+        timeout=options["timeout"],
     )
     print(f"Elapsed: {report.elapsed:.2f}", flush=True)
     summary = report.summary()
@@ -190,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as error:
-        _fail(f"{error}\nRun '{PROGRAM} --help' for the options.", 2)
+        raise usageFailure(PROGRAM, error) from None
     try:
         raiseOpenFilesLimit(options["connections"] + SPARE_FILES, PROGRAM)
     except OpenFilesLimitError as error:

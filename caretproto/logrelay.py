@@ -68,7 +68,7 @@ def relayLine(
     reports: IWorkerReports | None,
     worker: IRelayedWorker,
     childFD: int,
-    line: bytes,
+    line: str,
 ) -> None:
     """
     Log a line C{worker} wrote to C{childFD} into C{log}: a JSON log event
@@ -82,7 +82,7 @@ def relayLine(
     @param childFD: 1 for its standard output, 2 for its standard error.
     @param line: the line, without its newline.
     """
-    text = line.lstrip(b"\x1e").decode("utf-8", "replace")
+    text = line.lstrip("\x1e")
     event = _logEvent(text) if childFD == 1 else None
     if event is not None and reports is not None and reports.field in event:
         reports.reported(worker, event[reports.field])

@@ -1,31 +1,32 @@
 # -*- test-case-name: tests.test_optionchecks -*-
 """
-Checks for the values given to the commands' options, shared by every command.
+What the three commands (C{twistd caret}, C{caret-client}, C{caret-bench})
+share about their options: the checks of the values given to them, the way a
+wrong one is reported, and C{--version}.
 
-C{twistd caret} parses with C{twisted.python.usage}, C{caret-client} too, and
-C{caret-bench} with C{argparse}; a check here raises L{OptionValueError},
-which both frameworks report as a usage error with its message, so that a
-wrong value is refused in the same words whichever command is given it: the
-option's name, the accepted form and an example.
+All three parse with C{twisted.python.usage}.  A check here raises
+C{usage.UsageError} with a message that names the option, the accepted form
+and an example, so that a wrong value is refused in the same words whichever
+command is given it; L{usageFailure} turns such an error into what every
+command prints and exits with::
+
+    caret-bench: --connections takes a positive number, like --connections 100; got '0'
+    See 'caret-bench --help' for every option.
 
 It is not the place for the options themselves (each command's own module
-declares those) nor for checks that only one command needs.
+declares those; L{caretproto.clientoptions} those the two clients share) nor
+for checks that only one command needs.
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
 
+from twisted.internet.endpoints import _parse as parseEndpoint
 from twisted.python import usage
-
-
-class OptionValueError(usage.UsageError, argparse.ArgumentTypeError):
-    """
-    A value an option does not take.  A C{usage.UsageError} for
-    C{usage.Options}, an C{ArgumentTypeError} for C{argparse}: both print
-    the message and exit with status 2.
-    """
 
 
 def positive(
@@ -33,7 +34,7 @@ def positive(
 ) -> Callable[[str], float]:
     """
     A check for the option C{--name}: a positive number (C{convert} says
-    which kind), or an L{OptionValueError} that names the option and shows
+    which kind), or a C{usage.UsageError} that names the option and shows
     C{example}.
     """
 
@@ -43,7 +44,7 @@ def positive(
         except ValueError:
             number = -1
         if not number > 0:
-            raise OptionValueError(
+            raise usage.UsageError(
                 f"--{name} takes a positive number, like --{name} {example}; "
                 f"got {value!r}"
             )
@@ -63,7 +64,7 @@ def positiveOrOff(
 ) -> Callable[[str], float | None]:
     """
     A check for the limit C{--name}: a positive number, or L{OFF} for no
-    limit (C{None}); anything else is an L{OptionValueError} that names the
+    limit (C{None}); anything else is a C{usage.UsageError} that names the
     option and shows C{example} and how to turn the limit off.
     """
     number = positive(name, example, convert)
@@ -73,8 +74,8 @@ def positiveOrOff(
             return None
         try:
             return number(value)
-        except OptionValueError:
-            raise OptionValueError(
+        except usage.UsageError:
+            raise usage.UsageError(
                 f"--{name} takes a positive number or off, like --{name} "
                 f"{example} or --{name} off; got {value!r}"
             ) from None
@@ -86,10 +87,95 @@ def positiveOrOff(
 
 def tcpPort(value: str) -> int:
     """
-    A TCP port number, 1 to 65535, or an L{OptionValueError} saying so.
+    The C{PORT} argument of the clients: a TCP port number, 1 to 65535, or a
+    C{usage.UsageError} saying so.
     """
     if not value.isdigit() or not 0 < int(value) < 65536:
-        raise OptionValueError(
+        raise usage.UsageError(
             f"PORT must be a TCP port number, like 9090; got {value!r}"
         )
     return int(value)
+
+
+# The endpoint types whose descriptions name a TCP port, and which argument
+# does when it is given by position (after the type): a server's first, a
+# client's second, after the host.
+_SERVER_PORT_AT = {"tcp": 0, "tcp6": 0, "ssl": 0}
+_CLIENT_PORT_AT = {"tcp": 1, "ssl": 1, "tls": 1}
+
+
+def endpointPort(
+    option: str, description: str, examples: str, *, client: bool = False
+) -> None:
+    """
+    Refuse an endpoint description given to C{option} whose TCP port is not
+    a port number: 0 (any free port) to 65535 for a server, 1 to 65535 for a
+    client.  Twisted would take C{tcp:99999} and fail only when listening or
+    connecting; this says so while the options are read, as a
+    C{usage.UsageError} naming the option and showing C{examples}.
+
+    A C{haproxy:} server description is checked as the one it wraps; other
+    endpoint types, which have no TCP port (C{unix:}, C{systemd:}) or are
+    not known here, are left to Twisted.
+    """
+    # A server's bare number is TCP on that port, as --port takes it.
+    checked = f"tcp:{description}" if description.isdigit() else description
+    _checkPort(option, description, checked, examples, client)
+
+
+def _checkPort(
+    option: str, given: str, description: str, examples: str, client: bool
+) -> None:
+    kind, _, wrapped = description.partition(":")
+    # "haproxy", spelled out: the clients import this module, and must not
+    # load caretproto.proxy, which only the server needs.
+    if not client and kind == "haproxy":
+        _checkPort(option, given, wrapped, examples, client)
+        return
+    try:
+        args, kwargs = parseEndpoint(description)
+    except Exception:
+        # Twisted says what is wrong with it when it reads it.
+        return
+    at = (_CLIENT_PORT_AT if client else _SERVER_PORT_AT).get(args[0])
+    if at is None:
+        return
+    port = kwargs.get("port")
+    if port is None and len(args) > at + 1:
+        port = args[at + 1]
+    if port is None:
+        return
+    lowest, forms = (1, "") if client else (0, "a port number or ")
+    if not port.isdigit() or not lowest <= int(port) < 65536:
+        raise usage.UsageError(
+            f"{option} {given!r}: the port must be a number from {lowest} to "
+            f"65535, got {port!r}; use {forms}a Twisted endpoint description, "
+            f"like {examples}"
+        )
+
+
+def usageFailure(program: str, error: object) -> SystemExit:
+    """
+    How C{program} ends on a usage error: one line naming the program and
+    saying what is wrong (C{error}'s message, which names the option), one
+    saying where the help is, both on standard error, and exit status 1, as
+    twistd ends on its own usage errors.
+    """
+    return SystemExit(f"{program}: {error}\nSee '{program} --help' for every option.")
+
+
+def versionText(program: str) -> str:
+    """What C{program --version} prints: caretproto's version, and Twisted's."""
+    from twisted import __version__ as twistedVersion
+
+    try:
+        caretVersion = version("caretproto")
+    except PackageNotFoundError:
+        caretVersion = "(not installed)"
+    return f"{program} (caretproto) {caretVersion}\nTwisted {twistedVersion}"
+
+
+def printVersion(program: str) -> NoReturn:
+    """C{--version}: print L{versionText} and exit with status 0."""
+    print(versionText(program))
+    sys.exit(0)

@@ -88,8 +88,10 @@ class Report:
             return None
         kinds = Counter(outcome.failure for outcome in failed)
         first = failed[0]
+        total = len(self.outcomes)
         return (
-            f"{len(failed)} of {len(self.outcomes)} connections failed: "
+            f"{len(failed)} of {total} connection{'' if total == 1 else 's'} "
+            "failed: "
             + ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
             + f" (first: {first.name}: {first.detail})"
         )

@@ -22,7 +22,13 @@ from twisted.python import usage
 
 from caretproto import proxy as proxies
 from caretproto.capacity import OpenFilesLimit
-from caretproto.optionchecks import positive, positiveOrOff
+from caretproto.optionchecks import (
+    endpointPort,
+    positive,
+    positiveOrOff,
+    printVersion,
+    usageFailure,
+)
 from caretproto.server import CaretFactory
 from caretproto.service import CannotListen, CaretService
 from caretproto.workers import WORKER_FDS, WorkerPool, workerCommand
@@ -224,10 +230,13 @@ class Options(usage.Options):
         except usage.UsageError as error:
             if getattr(self, "parent", None) is None:
                 raise
-            program = f"{os.path.basename(sys.argv[0])} caret"
-            raise SystemExit(
-                f"{program}: {error}\nSee '{program} --help' for every option."
-            ) from None
+            raise usageFailure(_program(), error) from None
+
+    def opt_version(self) -> None:
+        """
+        Display caretproto's version, and Twisted's, and exit.
+        """
+        printVersion(_program())
 
     def opt_port(self, port: str) -> None:
         """
@@ -241,6 +250,7 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--port needs an endpoint description, like {ENDPOINT_EXAMPLES}"
             )
+        endpointPort("--port", port, ENDPOINT_EXAMPLES)
         self["port"].append(port)
 
     opt_p = opt_port
@@ -291,6 +301,7 @@ class Options(usage.Options):
         ]
         if self["metrics"] is not None:
             given = self["metrics"]
+            endpointPort("--metrics", given, METRICS_EXAMPLES)
             self["metrics"] = f"tcp:{given}" if given.isdigit() else given
             _checkMetricsEndpoint(self["metrics"], given)
 
@@ -325,6 +336,11 @@ class Options(usage.Options):
                 f"use a port number or a Twisted endpoint description, like "
                 f"{ENDPOINT_EXAMPLES}"
             ) from None
+
+
+def _program() -> str:
+    """The command as the user gave it, for messages: C{twistd caret}."""
+    return f"{os.path.basename(sys.argv[0])} caret"
 
 
 def _checkMetricsEndpoint(description: str, given: str) -> None:

@@ -47,12 +47,12 @@ from twisted.internet.interfaces import (
     IReactorProcess,
     IReactorTime,
 )
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from caretproto.logrelay import IRelayedWorker, IWorkerReports, relayLine
+from caretproto.processlines import LineProcessProtocol
 
 FIRST_FD = 3
 """
@@ -111,29 +111,23 @@ def describeExit(reason: Failure) -> str:
 
 
 @implementer(IRelayedWorker)
-class _Worker(ProcessProtocol):
+class _Worker(LineProcessProtocol):
     """One worker process, as its pool sees it."""
 
     def __init__(self, pool: WorkerPool, index: int) -> None:
+        super().__init__()
         self.pool = pool
         self.index = index
         self.pid: int | None = None
         self.startedAt = 0.0
-        self._partial = {1: b"", 2: b""}
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid  # type: ignore[union-attr]
 
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self._partial[childFD] + data).split(b"\n")
-        self._partial[childFD] = lines.pop()
-        for line in lines:
-            self.pool.relay(self, childFD, line)
+    def lineReceived(self, childFD: int, line: str) -> None:
+        self.pool.relay(self, childFD, line)
 
     def processEnded(self, reason: Failure) -> None:
-        for childFD, rest in self._partial.items():
-            if rest:
-                self.pool.relay(self, childFD, rest)
         self.pool.workerEnded(self, reason)
 
     def signal(self, name: str) -> None:
@@ -239,7 +233,7 @@ class WorkerPool(Service):
         self._restarts[index] = self._clock.callLater(delay, self._start, index)
         return delay
 
-    def relay(self, worker: _Worker, childFD: int, line: bytes) -> None:
+    def relay(self, worker: _Worker, childFD: int, line: str) -> None:
         """Log a line C{worker} wrote, or take its report: L{relayLine}."""
         relayLine(self._log, self.reports, worker, childFD, line)
 

@@ -25,6 +25,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from caretproto import benchrun
@@ -34,7 +35,7 @@ from caretproto.bench import (
     Tally,
     message,
 )
-from caretproto.benchrun import Params, connector, parseParams, run
+from caretproto.benchrun import Params, endpointFor, parseParams, report, run, summary
 from caretproto.reference import REFERENCE_SCRIPT
 from caretproto.rules import replyTo
 from caretproto.server import CaretFactory, CaretProtocol
@@ -186,7 +187,7 @@ class SessionTests(ServerMixin, TestCase):
     async def test_sessions_time_every_session(self) -> None:
         params = self.serve()
         load = Load(
-            reactor, connector(reactor, params), "sessions", 20, script=SHORT_SCRIPT
+            reactor, endpointFor(reactor, params), "sessions", 20, script=SHORT_SCRIPT
         )
         await load.connect()
         tally = await load.start()
@@ -201,7 +202,7 @@ class SessionTests(ServerMixin, TestCase):
     async def test_sessions_wrong_byte_is_an_error(self) -> None:
         params = self.serve(CorruptsTheFifthReply)
         script = (*SHORT_SCRIPT, (b"^a$", 0.01), (b"^b$", 0.01))
-        load = Load(reactor, connector(reactor, params), "sessions", 3, script=script)
+        load = Load(reactor, endpointFor(reactor, params), "sessions", 3, script=script)
         await load.connect()
         tally = await load.start()
         self.assertEqual((tally.rounds, tally.errors), (0, 3))
@@ -271,14 +272,9 @@ class ProcessesTests(ServerMixin, TestCase):
 
 
 class OptionsTests(TestCase):
-    def assertRefused(self, args: list[str], *mentions: str) -> None:
-        stderr: list[str] = []
-        self.patch(sys, "stderr", type("Err", (), {"write": stderr.append})())
-        with self.assertRaises(SystemExit) as exit:
-            parseParams(args)
-        self.assertEqual(exit.exception.code, 2)
-        for mention in mentions:
-            self.assertIn(mention, "".join(stderr))
+    def assertRefused(self, args: list[str], message: str) -> None:
+        error = self.assertRaises(usage.UsageError, parseParams, args)
+        self.assertEqual(str(error), message)
 
     def test_options_may_follow_host_and_port(self) -> None:
         params, printJSON = parseParams(
@@ -290,12 +286,80 @@ class OptionsTests(TestCase):
         )
         self.assertTrue(printJSON)
 
+    def test_an_endpoint_instead_of_host_and_port(self) -> None:
+        params, _ = parseParams(["-P", "2", "--endpoint", "unix:path=/run/c.sock"])
+        self.assertEqual(
+            params, Params(None, None, processes=2, endpoint="unix:path=/run/c.sock")
+        )
+
     def test_bad_values_are_refused_naming_the_option(self) -> None:
-        self.assertRefused(["localhost", "http"], "PORT", "port number")
-        self.assertRefused(["localhost", "9090", "-c", "0"], "--connections", "100")
-        self.assertRefused(["localhost", "9090", "--size", "2"], "--size", "at least")
-        self.assertRefused(["localhost", "9090", "-m", "ping"], "--mode", "rr")
-        self.assertRefused(["localhost", "9090", "--ca", "x.pem"], "--ca", "--tls")
+        self.assertRefused(
+            ["localhost", "http"],
+            "PORT must be a TCP port number, like 9090; got 'http'",
+        )
+        self.assertRefused(
+            ["localhost", "9090", "-c", "0"],
+            "--connections takes a positive number, like --connections 100; got '0'",
+        )
+        self.assertRefused(
+            ["localhost", "9090", "--size", "2"],
+            "--size takes at least 3 (^, one byte, $), like --size 16; got 2",
+        )
+        self.assertRefused(
+            ["localhost", "9090", "-m", "ping"],
+            "--mode takes one of rr, bulk, hold, sessions, like --mode rr; got 'ping'",
+        )
+        self.assertRefused(
+            ["localhost", "9090", "--ca", "x.pem"], "--ca FILE is for --tls: give both"
+        )
+        self.assertRefused(
+            ["--endpoint", "carrier-pigeon:coo"],
+            "--endpoint 'carrier-pigeon:coo' is not a usable client endpoint "
+            "(Unknown endpoint type: 'carrier-pigeon'); use a Twisted endpoint "
+            "description, like tcp:host=127.0.0.1:port=9090, "
+            "unix:path=/run/caret.sock, tls:example.com:9443",
+        )
+
+    def test_one_is_singular_in_the_summary(self) -> None:
+        one = Params("h", 1, connections=1, processes=1)
+        self.assertTrue(
+            summary(report(one, Tally())).startswith(
+                "caret-bench rr h:1: 1 connection, 16-byte rounds, 1 process\n"
+            )
+        )
+        many = Params("h", 1, mode="hold", connections=1200, processes=2)
+        text = summary(report(many, Tally(held=1200)))
+        self.assertIn(": 1,200 connections, held, then", text)
+        self.assertIn(", 2 processes\n", text)
+        self.assertIn("held     1,200 connections", text)
+
+    def test_the_summary_names_an_endpoint_as_given(self) -> None:
+        params = Params(None, None, endpoint="unix:path=/run/c.sock")
+        self.assertTrue(
+            summary(report(params, Tally())).startswith(
+                "caret-bench rr unix:path=/run/c.sock: 1 connection"
+            )
+        )
+
+    def test_a_worker_is_this_module_run_in_the_same_environment(self) -> None:
+        spawned: list[tuple[str, list[str], Any]] = []
+
+        class Spawner:
+            def spawnProcess(
+                self, protocol: Any, executable: str, args: list[str], env: Any
+            ) -> None:
+                spawned.append((executable, args, env))
+
+        params = Params("localhost", 9090, connections=3)
+        benchrun.WorkerShare(Spawner(), params)
+        [(executable, args, env)] = spawned
+        self.assertEqual(
+            args,
+            [sys.executable, "-m", "caretproto.benchrun", "--worker", args[-1]],
+        )
+        self.assertEqual(executable, sys.executable)
+        self.assertIs(env, os.environ)
+        self.assertEqual(Params(**json.loads(args[-1])), params)
 
     def test_connections_spread_over_processes_without_empty_shares(self) -> None:
         shares = Params("h", 1, connections=5, processes=3).shares()

@@ -51,6 +51,20 @@ class OptionsTests(TestCase):
             (3, "127.0.0.1", 9090),
         )
 
+    def test_options_may_follow_host_and_port(self) -> None:
+        options = self.parse("127.0.0.1", "9090", "-n", "3", "--timeout=5", "-q")
+        self.assertEqual(
+            (options["connections"], options["timeout"], options["quiet"]),
+            (3, 5.0, 1),
+        )
+        self.assertEqual((options["host"], options["port"]), ("127.0.0.1", 9090))
+
+    def test_after_a_double_dash_everything_is_an_argument(self) -> None:
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "--", "-n", "3", "localhost", "9090"
+        )
+        self.assertIn("got -n 3 localhost 9090", str(error))
+
     def test_one_connection_by_default(self) -> None:
         self.assertEqual(self.parse("localhost", "9090")["connections"], 1)
 
@@ -67,6 +81,7 @@ class OptionsTests(TestCase):
             (["-n", "0", "localhost", "9090"], "--connections"),
             (["--timeout", "-1", "localhost", "9090"], "--timeout"),
             (["--endpoint", "tcp:x:1", "localhost", "9090"], "not both"),
+            (["localhost", "9090", "--endpoint", "tcp:x:1"], "not both"),
             (["--ca", "ca.pem", "localhost", "9090"], "--ca FILE is for --tls"),
             (["--tls", "--endpoint", "tcp:x:1"], "give a tls: description"),
         ]:
@@ -114,9 +129,9 @@ class ExitStatusTests(TestCase):
         self.assertRegex(result.stdout, r"ERROR:.*:conn1 refused: ")
         self.assertRegex(result.stdout, r"\nElapsed: \d+\.\d\d\n$")
 
-    def test_a_usage_error_exits_2_without_a_traceback(self) -> None:
+    def test_a_usage_error_exits_1_without_a_traceback(self) -> None:
         result = self.caretClient("--endpoint", "carrier-pigeon:coo")
-        self.assertEqual(result.returncode, 2)
+        self.assertEqual(result.returncode, 1)
         self.assertIn("--endpoint 'carrier-pigeon:coo'", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
 

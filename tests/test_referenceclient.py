@@ -152,6 +152,16 @@ class SessionFailureTests(TestCase):
         self.assertIn("nobody home", report.outcomes[0].detail)
         self.assertEqual(report.summary().split(":")[0], "2 of 2 connections failed")
 
+    def test_one_connection_failed_is_singular(self) -> None:
+        @implementer(IStreamClientEndpoint)
+        class Refusing:
+            def connect(self, factory: Factory) -> Deferred[Protocol]:
+                return fail(ConnectionRefusedError("nobody home"))
+
+        done = runSessions(Clock(), Refusing(), 1, Logger(observer=lambda e: None))
+        summary = self.successResultOf(done).summary()
+        self.assertEqual(summary.split(":")[0], "1 of 1 connection failed")
+
     def test_anything_but_the_greeting_fails_as_no_greeting(self) -> None:
         class Impostor(Greeter):
             greeting = b"220 smtp.example.com\r\n"

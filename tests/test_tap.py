@@ -99,6 +99,35 @@ class OptionsTests(SynchronousTestCase):
             self.assertIn("--port", str(error))
             self.assertIn("tcp:9090:interface=127.0.0.1", str(error))
 
+    def test_a_port_out_of_range_is_refused_while_parsing(self) -> None:
+        for bad, port in [
+            ("99999", "99999"),
+            ("tcp:99999", "99999"),
+            ("tcp:70000:interface=127.0.0.1", "70000"),
+            ("tcp6:port=65536", "65536"),
+            ("ssl:port=99999:privateKey=key.pem", "99999"),
+            ("haproxy:tcp:70000", "70000"),
+            ("tcp:-1", "-1"),
+        ]:
+            error = self.assertRaises(
+                UsageError, parse, "--trusted-proxy", "any", "--port", bad
+            )
+            self.assertEqual(
+                str(error),
+                f"--port {bad!r}: the port must be a number from 0 to 65535, "
+                f"got {port!r}; use a port number or a Twisted endpoint "
+                f"description, like {tap.ENDPOINT_EXAMPLES}",
+            )
+
+    def test_ports_0_to_65535_and_portless_endpoints_are_taken(self) -> None:
+        for good in ["0", "tcp:65535", "tcp6:port=0", "unix:/run/caret.sock"]:
+            self.assertEqual(parse("--port", good)["port"], [good])
+
+    def test_a_metrics_port_out_of_range_is_refused_while_parsing(self) -> None:
+        error = self.assertRaises(UsageError, parse, "--metrics", "tcp:99999")
+        self.assertIn("--metrics 'tcp:99999': the port must be a number", str(error))
+        self.assertIn(tap.METRICS_EXAMPLES, str(error))
+
     def test_bad_backlog_names_the_option_and_an_example(self) -> None:
         for bad in ["-3", "0", "many"]:
             error = self.assertRaises(UsageError, parse, "--backlog", bad)

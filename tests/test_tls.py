@@ -5,9 +5,12 @@ by trustme, and the client side in L{caretproto.endpoints}.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import sys
+from typing import Any
 
 import pytest
 import trustme
@@ -211,6 +214,76 @@ class CaretClientTLSTests(TestCase):
             [*CLIENT[1:], "--tls", "--ca", missing, "127.0.0.1", "9"],
             env=dict(os.environ),
         )
-        self.assertEqual(status, 2)
-        self.assertIn(f"cannot read the CA certificate {missing!r}", err.decode())
+        self.assertEqual(status, 1)
+        self.assertIn(f"--ca: cannot read the CA certificate {missing!r}", err.decode())
         self.assertNotIn(b"Traceback", err)
+
+
+BENCH = [sys.executable, "-m", "caretproto.benchrun"]
+
+
+@pytest.mark.process
+class CaretBenchTLSTests(TestCase):
+    """
+    C{caret-bench --endpoint tls:...}, as C{caret-client --endpoint} takes
+    it, and C{caret-bench --tls --ca FILE HOST PORT}, against a caret server
+    on an C{ssl:} endpoint, in worker processes too.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.certificates = Certificates(self)
+        # A tls: endpoint trusts the certificates in a folder: the CA alone.
+        self.trusted = tempFolder(self)
+        shutil.copy(self.certificates.ca, self.trusted)
+        options = Options()
+        options.parseOptions(["--port", self.certificates.port()])
+        top = makeService(options)
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.port = top.getServiceNamed("caret").ports[0].getHost().port
+
+    async def caretBench(self, *argv: str) -> dict[str, Any]:
+        out, err, status = await getProcessOutputAndValue(
+            BENCH[0],
+            [*BENCH[1:], "-d", "0.3", "-c", "2", "--json", *argv],
+            env=dict(os.environ),
+        )
+        self.assertEqual((err, status), (b"", 0), out)
+        figures: dict[str, Any] = json.loads(out)
+        return figures
+
+    async def test_a_tls_endpoint_checks_replies_as_over_tcp(self) -> None:
+        endpoint = f"tls:localhost:{self.port}:trustRoots={self.trusted}"
+        for processes in ["1", "2"]:
+            figures = await self.caretBench("--endpoint", endpoint, "-P", processes)
+            self.assertEqual(
+                (figures["endpoint"], figures["errors"], figures["processes"]),
+                (endpoint, 0, int(processes)),
+            )
+            self.assertGreater(figures["rounds"], 2)
+
+    async def test_tls_to_host_and_port_with_a_ca_file(self) -> None:
+        figures = await self.caretBench(
+            "--tls", "--ca", self.certificates.ca, "localhost", str(self.port)
+        )
+        self.assertEqual((figures["tls"], figures["errors"]), (True, 0))
+        self.assertGreater(figures["rounds"], 2)
+
+    async def test_a_server_the_endpoint_does_not_trust_is_an_error(self) -> None:
+        untrusted = tempFolder(self)
+        shutil.copy(self.certificates.otherCA, untrusted)
+        out, _, status = await getProcessOutputAndValue(
+            BENCH[0],
+            [
+                *BENCH[1:],
+                "-d",
+                "0.2",
+                "--endpoint",
+                f"tls:localhost:{self.port}:trustRoots={untrusted}",
+            ],
+            env=dict(os.environ),
+        )
+        self.assertEqual(status, 1, out)
+        self.assertIn(b"errors   1", out)

@@ -104,7 +104,10 @@ class ProcessReactor(MemoryReactorClock):
 
 
 def end(spawned: Spawned, reason: Exception) -> None:
+    """C{spawned} ends as the reactor tells it: its pipes close, then it ends."""
     spawned.process.ended = True
+    for childFD in (0, 1, 2):
+        spawned.protocol.childConnectionLost(childFD)
     spawned.protocol.processEnded(Failure(reason))
 
 
@@ -311,7 +314,7 @@ class RelayTests(SynchronousTestCase):
         )
         self.assertEqual(self.events, [])
         self.assertEqual(reports.received, [(self.worker, {"messages": 3})])
-        self.worker.processEnded(Failure(ProcessDone(0)))
+        end(self.reactor.spawned[0], ProcessDone(0))
         self.assertEqual(reports.gone, [self.worker])
 
     def test_without_reports_a_report_is_logged_like_any_event(self) -> None:
@@ -324,7 +327,7 @@ class RelayTests(SynchronousTestCase):
     def test_other_output_is_logged_as_text_stderr_as_a_warning(self) -> None:
         self.worker.childDataReceived(1, b"not json\n")
         self.worker.childDataReceived(2, b"Traceback (most recent call last):\n  Fi")
-        self.worker.processEnded(Failure(ProcessDone(0)))
+        end(self.reactor.spawned[0], ProcessDone(0))
         out, err1, err2 = self.events[:3]
         self.assertEqual(formatEvent(out), "not json")
         self.assertEqual(out["log_level"], LogLevel.info)

@@ -10,7 +10,6 @@ L{tests.rawclient.serve} or L{caretproto.tap.makeService}.
 
 from __future__ import annotations
 
-import codecs
 import os
 import re
 import signal
@@ -20,11 +19,11 @@ from pathlib import Path
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from caretproto.listening import listeningIn
+from caretproto.processlines import LineProcessProtocol
 from caretproto.rules import GREETING
 from caretproto.service import LISTENING
 from tests.rawclient import connect
@@ -54,7 +53,10 @@ os.execv(sys.argv[3], sys.argv[3:])
 """
 
 
-class Twistd(ProcessProtocol):
+_Matches = list[re.Match[str]]
+
+
+class Twistd(LineProcessProtocol):
     """
     A running child process whose standard output and error are its log.
 
@@ -68,43 +70,33 @@ class Twistd(ProcessProtocol):
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.output = ""
         self.listening: Deferred[list[str]] = Deferred()
         self.ended: Deferred[int] = Deferred()
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._partial = ""
-        self._waiting: list[
-            tuple[re.Pattern[str], int, Deferred[list[re.Match[str]]]]
-        ] = []
+        # Each waiter of logged(), with the matching lines it has seen.
+        self._waiting: list[tuple[re.Pattern[str], int, _Matches, Deferred[_Matches]]]
+        self._waiting = []
 
-    def outReceived(self, data: bytes) -> None:
+    def lineReceived(self, childFD: int, line: str) -> None:
         # Only whole lines are matched: a pattern ending in (\d+) could match
         # the first digits of a line still on its way.
-        complete, newline, self._partial = (
-            self._partial + self._decoder.decode(data)
-        ).rpartition("\n")
-        if newline:
-            self._logged(complete + newline)
-
-    errReceived = outReceived
-
-    def _logged(self, text: str) -> None:
-        self.output += text
+        self.output += line + "\n"
         if not self.listening.called:
             found = [
-                port.address
-                for port in listeningIn(self.output)
-                if port.port is not None
+                port.address for port in listeningIn(line) if port.port is not None
             ]
             if found:
                 self.listening.callback(found)
         waiting, self._waiting = self._waiting, []
-        for pattern, count, waiter in waiting:
-            matches = self._matches(pattern)
+        for pattern, count, matches, waiter in waiting:
+            match = pattern.search(line)
+            if match is not None:
+                matches.append(match)
             if len(matches) >= count:
                 waiter.callback(matches)
             else:
-                self._waiting.append((pattern, count, waiter))
+                self._waiting.append((pattern, count, matches, waiter))
 
     def _matches(self, pattern: re.Pattern[str]) -> list[re.Match[str]]:
         return [
@@ -124,7 +116,7 @@ class Twistd(ProcessProtocol):
         if len(matches) >= count:
             return succeed(matches)
         waiter: Deferred[list[re.Match[str]]] = Deferred()
-        self._waiting.append((compiled, count, waiter))
+        self._waiting.append((compiled, count, matches, waiter))
         return waiter
 
     def count(self, pattern: str) -> int:
@@ -161,13 +153,10 @@ class Twistd(ProcessProtocol):
         return port
 
     def processEnded(self, reason: Failure) -> None:
-        rest = self._partial + self._decoder.decode(b"", final=True)
-        if rest:
-            self._logged(rest)
         if not self.listening.called:
             self.listening.errback(AssertionError(self.output))
         waiting, self._waiting = self._waiting, []
-        for pattern, _, waiter in waiting:
+        for pattern, _, _, waiter in waiting:
             waiter.errback(
                 AssertionError(
                     f"ended without logging {pattern.pattern!r}:\n{self.output}"
