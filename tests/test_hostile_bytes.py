@@ -171,6 +171,9 @@ async def _send(port: int, data: bytes, rng: random.Random) -> tuple[bytes, bool
     )
     transport: Any = client.transport
     halfClose = rng.random() >= 0.2
+    if client.done.called:
+        # The server refused it (a bad PROXY header) before it was done.
+        return await client.done, False
     if halfClose:
         transport.loseWriteConnection()
     else:

@@ -132,7 +132,9 @@ class HeaderFirstTests(SynchronousTestCase):
         wrapper.connectionLost(Failure(ConnectionError()))
         self.assertEqual(caret.sessions, set())
         self.assertIn(
-            "10.0.0.5:51000 sent no PROXY protocol header: closed",
+            "10.0.0.5, a trusted proxy, sent a bad PROXY protocol header (no "
+            "PROXY protocol signature but '^abc$ and more, but no header'): "
+            "closing such connections ungreeted (first from 10.0.0.5:51000)",
             [e.get("log_format", "").format(**e) for e in events],
         )
 
