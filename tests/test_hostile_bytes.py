@@ -2,18 +2,16 @@
 Hostile bytes where the parsers are: a bounded, seeded fuzz of one server
 listening on a C{haproxy:} endpoint (PROXY protocol headers, version 1 and 2:
 truncated, oversized, of the wrong family, garbage, issue 16's table), an
-C{ssl:} one (garbage
-for a ClientHello, a handshake cut half way) and a plain one (any bytes at
-all, which the protocol says are valid input).  Meanwhile reference sessions
-run on each endpoint.
+C{ssl:} one (garbage for a ClientHello, a handshake cut half way) and a plain
+one (any bytes at all, which the protocol says are valid input).  Meanwhile
+reference sessions run on each endpoint.
 
 What must hold: every reference session gets every reply right, the server
 still serves afterwards, a plain connection's replies are the model's, so
 are those of a proxied one after a valid header however cut, and nothing a
 client sent makes the server log a traceback or an error, or reaches the log
-raw.  The
-cases are drawn from a fixed seed, so a failure is repeated by running the
-test again; C{CARET_FUZZ_SEED} draws others.
+raw.  The cases are drawn from a fixed seed, so a failure is repeated by
+running the test again; C{CARET_FUZZ_SEED} draws others.
 """
 
 from __future__ import annotations
