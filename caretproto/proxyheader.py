@@ -30,9 +30,10 @@ choose, caret does what HAProxy does: the C{UNKNOWN} protocol (version 1),
 the C{LOCAL} command and the unspecified, UDP and UNIX families (version 2)
 are accepted, and the connection keeps the balancer's own address.
 
-This module is not a protocol and knows nothing of connections or logs:
-L{caretproto.proxy} feeds it a connection's first bytes and decides what to
-do.  It reads no TLVs (version 2's extensions): they are skipped.
+This module is not a protocol and knows nothing of connections:
+L{caretproto.proxy} feeds it a connection's first bytes, and decides what to
+do and what to log.  It reads no TLVs (version 2's extensions): they are
+skipped.
 """
 
 from __future__ import annotations
