@@ -309,5 +309,7 @@ class TwistdTests(TestCase):
         self.assertNotIn("Traceback", log)
         self.assertNotIn("Unhandled", log)
         self.assertIsNone(CONTROL.search(log), repr(CONTROL.search(log)))
+        # Nor a byte that is not UTF-8 (which the log reader shows as this).
+        self.assertNotIn("\ufffd", log)
         self.assertIsNone(FORGED.search(log))
         self.assertNotIn("1" * 200, log)
