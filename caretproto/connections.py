@@ -19,26 +19,20 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface
 
-_UNPRINTABLE = {
-    **{code: f"\\x{code:02x}" for code in range(0x20)},
-    0x7F: "\\x7f",
-    ord("\\"): "\\\\",
-}
-
 
 def escapeForLog(text: str, limit: int | None = None) -> str:
     """
     C{text}, safe to put in a log line: a character that is not printable
     (a control character such as CR, LF or ESC, a format character, a
     line or paragraph separator) is written as its Python escape
-    (C{\\x1b}, C{\\u2028}; a byte that was not UTF-8, decoded with
+    (C{\\r}, C{\\x1b}, C{\\u2028}; a byte that was not UTF-8, decoded with
     C{surrogateescape}, as C{\\xff}), and a backslash as two, so that a string a
     client chose can neither start a forged line nor colour a terminal, and
     the escaped form cannot be mistaken for an escape.
 
     @param text: what a client chose, or may have.
     @param limit: if given, the most characters of C{text} kept; a longer
-        one is cut there and ends with C{...}.
+        one is cut there and ends with an ellipsis.
     @return: the escaped text.
     """
     cut = limit is not None and len(text) > limit
@@ -49,13 +43,11 @@ def escapeForLog(text: str, limit: int | None = None) -> str:
             char if char.isprintable() and char != "\\" else _escape(char)
             for char in text
         )
-    return text + "..." if cut else text
+    return text + "\u2026" if cut else text
 
 
 def _escape(char: str) -> str:
     code = ord(char)
-    if code in _UNPRINTABLE:
-        return _UNPRINTABLE[code]
     if 0xDC80 <= code <= 0xDCFF:
         # A byte that was not UTF-8, kept by the surrogateescape handler.
         return f"\\x{code - 0xDC00:02x}"

@@ -1,20 +1,26 @@
+# -*- test-case-name: tests.test_proxy,tests.test_trusted_proxy -*-
 """
 Caret behind a load balancer: the PROXY protocol (C{--port haproxy:tcp:9090}).
 
 Behind a balancer every connection comes from the balancer; the PROXY protocol
-header it sends first names the real client.  Twisted parses that header
-(C{twisted.protocols.haproxy}); this module changes only I{when} the caret
-session starts.  Twisted's wrapper starts the wrapped protocol as soon as the
-balancer connects, so a session would greet, and log its peer, before the
-header has named the client (Twisted issue #12501).  The PROXY protocol
-specification says that a receiver must not start processing a connection
-before the whole header has arrived, above all for a protocol where the server
-speaks first, as caret's greeting does.  Here a session starts once the header
-has come, so C{transport.getPeer()} is the real client from its first line of
-log on.  The wrapper also passes the client's half-close on to the session
-(Twisted's protocol wrappers do not), so that a client that sends and closes
-still gets every reply it is owed (docs/protocol.rst,
-"Ending a session").
+header it sends first names the real client.  A session starts only once the
+whole header has come and been checked, so C{transport.getPeer()} is the real
+client from its first line of log on: the PROXY protocol specification says
+that a receiver must not start processing a connection before the whole
+header has arrived, above all for a protocol where the server speaks first,
+as caret's greeting does.  (Twisted's wrapper starts the wrapped protocol as
+soon as the balancer connects: Twisted issue #12501.)  The wrapper also passes
+the client's half-close on to the session (Twisted's protocol wrappers do
+not), so that a client that sends and closes still gets every reply it is
+owed (docs/protocol.rst, "Ending a session").
+
+The header is read by L{caretproto.proxyheader}, not by Twisted's parser
+(C{twisted.protocols.haproxy}), which closes a connection whose header comes
+in pieces, raises out of C{dataReceived} (an C{Unhandled Error} and a
+traceback) for an address that is not UTF-8 or a port that is not a number,
+and believes any text for an address; that module's docstring has the list.
+A header that is wrong is refused: the connection is closed ungreeted, and
+the fault logged as a warning naming the proxy, once per burst.
 
 Whom to believe is L{TrustedProxies}: a header names whatever client its
 sender likes, so only the balancers' own connections may send one.  Any other
@@ -22,7 +28,7 @@ connection to a C{haproxy:} port is closed before a byte of it is read, as
 HAProxy's documentation asks of every listener that accepts the header (see
 docs/exposing.rst for the default, which trusts nobody).
 
-This module is not a PROXY protocol parser (Twisted's is used).
+This module is not a PROXY protocol parser (L{caretproto.proxyheader} is).
 """
 
 from __future__ import annotations
@@ -43,19 +49,18 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-
-# Twisted exports only proxyEndpoint; the wrapper is extended here rather than
-# its parser copied.  tests/test_proxy.py pins what this relies on.
-from twisted.protocols.haproxy._info import ProxyInfo
-from twisted.protocols.haproxy._wrapper import (
-    HAProxyProtocolWrapper,
-    HAProxyWrappingFactory,
-)
-from twisted.protocols.policies import TimeoutMixin
+from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from caretproto.connections import RefusalLog, describeAddress, peerHost
+from caretproto.proxyheader import (
+    HeaderFault,
+    ProxyHeader,
+    printable,
+    quoted,
+    readHeader,
+)
 
 PREFIX = "haproxy"
 """The endpoint description prefix that puts the PROXY protocol in front."""
@@ -134,22 +139,25 @@ class TrustedProxies:
 
 
 @implementer(IHalfCloseableProtocol)
-class _HeaderFirst(HAProxyProtocolWrapper, TimeoutMixin):
+class _HeaderFirst(ProtocolWrapper, TimeoutMixin):
     """
-    Twisted's PROXY protocol wrapper, except that the wrapped session starts
-    once the header has named the client, and hears of a half-close.
+    The PROXY protocol in front of one session: reads and checks the header,
+    then starts the session, whose peer is the client the header names and
+    which hears of a half-close.
+
+    @ivar header: the header, once it has come.
     """
 
     factory: ProxyProtocolFactory
     transport: ITransport
-    _log = Logger()
-    _header: ProxyInfo | None = None
-
+    header: ProxyHeader | None = None
+    _received = b""
     _untrusted = False
+    _refused = False
 
     def makeConnection(self, transport: ITransport) -> None:
         # ProtocolWrapper.makeConnection, but the wrapped session waits for
-        # the header (see _proxyInfo below), and only a trusted proxy's
+        # the header (see dataReceived below), and only a trusted proxy's
         # connection is read at all.
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
@@ -164,64 +172,88 @@ class _HeaderFirst(HAProxyProtocolWrapper, TimeoutMixin):
         self.factory.registerProtocol(self)
         self.setTimeout(self.factory.headerTimeout)
 
-    @property
-    def _proxyInfo(self) -> ProxyInfo | None:
-        return self._header
-
-    @_proxyInfo.setter
-    def _proxyInfo(self, header: ProxyInfo | None) -> None:
-        # Twisted's wrapper stores the parsed header here, then passes on any
-        # bytes that followed it: the moment to start the session.
-        self._header = header
-        if header is not None:
-            self.setTimeout(None)
-            # The wrapper is the session's transport, as in ProtocolWrapper.
-            self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
-
     def callLater(self, period: float, func: Callable[[], object]) -> Any:
         return self.factory.clock.callLater(period, func)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._header is not None:
-            # What Twisted's wrapper does after the header, without its
-            # property (above) and a call: the wrapper's cost per 16-byte
-            # message fell from 0.57 to 0.27 µs (benchmarks/test_protocol.py,
-            # behind_the_proxy_protocol beside one_per_read), of a round's
-            # 12 µs of server CPU time.
+        if self.header is not None:
+            # Once the session runs, a read costs one attribute test and a
+            # call (benchmarks/test_protocol.py, behind_the_proxy_protocol).
             self.wrappedProtocol.dataReceived(data)
             return
-        super().dataReceived(data)
-        if self._header is None and self.disconnecting:
-            self._log.warn(
-                "{peer} sent no PROXY protocol header: closed",
-                peer=describeAddress(self.transport.getPeer()),
-            )
+        if self._refused:
+            return
+        # A header is at most proxyheader.MOST bytes, so what is kept of
+        # one arriving in pieces is bounded.
+        self._received += data
+        try:
+            header = readHeader(self._received)
+        except HeaderFault as fault:
+            self._refuse(str(fault))
+            return
+        if header is not None:
+            rest = self._received[header.length :]
+            self._received = b""
+            self._start(header)
+            if rest:
+                self.wrappedProtocol.dataReceived(rest)
+
+    def _start(self, header: ProxyHeader) -> None:
+        self.setTimeout(None)
+        self.header = header
+        # The wrapper is the session's transport, as in ProtocolWrapper.
+        self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
+
+    def _refuse(self, fault: str) -> None:
+        """Close the connection ungreeted, for C{fault}, already printable."""
+        self._refused = True
+        self.setTimeout(None)
+        self.factory.badHeader(self.transport.getPeer(), fault)
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def getPeer(self) -> Any:
+        if self.header is not None and self.header.source is not None:
+            return self.header.source
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        if self.header is not None and self.header.destination is not None:
+            return self.header.destination
+        return self.transport.getHost()
 
     def timeoutConnection(self) -> None:
-        self._log.warn(
-            "{peer} sent no PROXY protocol header in {timeout}s: closed",
-            peer=describeAddress(self.transport.getPeer()),
-            timeout=self.factory.headerTimeout,
+        self._refuse(
+            f"no whole header in {self.factory.headerTimeout:g}s; {self._comeSoFar()}"
         )
-        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _comeSoFar(self) -> str:
+        if not self._received:
+            return "nothing came"
+        return f"{len(self._received)} bytes came: {quoted(self._received)}"
 
     def readConnectionLost(self) -> None:
         session = IHalfCloseableProtocol(self.wrappedProtocol, None)
-        if self._header is not None and session is not None:
+        if self.header is not None and session is not None:
             session.readConnectionLost()
         else:
             self.loseConnection()
 
     def writeConnectionLost(self) -> None:
         session = IHalfCloseableProtocol(self.wrappedProtocol, None)
-        if self._header is not None and session is not None:
+        if self.header is not None and session is not None:
             session.writeConnectionLost()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.setTimeout(None)
-        if self._header is not None:
+        if self.header is not None:
             super().connectionLost(reason)
             return
+        if self._received and not self._refused:
+            # The proxy went away half way through a header.
+            self.factory.badHeader(
+                self.transport.getPeer(),
+                f"the connection ended inside a header; {self._comeSoFar()}",
+            )
         # The session never started: its factory, which counted the
         # connection as arriving since the port accepted it, learns that it
         # will not.
@@ -233,7 +265,7 @@ class _HeaderFirst(HAProxyProtocolWrapper, TimeoutMixin):
         self.wrappedProtocol = None  # type: ignore[assignment]
 
 
-class ProxyProtocolFactory(HAProxyWrappingFactory):
+class ProxyProtocolFactory(WrappingFactory):
     """
     Wraps each of C{wrappedFactory}'s protocols so that it starts behind a
     PROXY protocol header, from a C{trusted} peer only.
@@ -242,7 +274,7 @@ class ProxyProtocolFactory(HAProxyWrappingFactory):
         but UNIX socket peers.
     """
 
-    protocol = _HeaderFirst  # type: ignore[assignment]
+    protocol = _HeaderFirst
 
     def __init__(
         self,
@@ -257,6 +289,7 @@ class ProxyProtocolFactory(HAProxyWrappingFactory):
         self.clock: IReactorTime = reactor if clock is None else clock
         self.headerTimeout = headerTimeout
         self.trusted = TrustedProxies() if trusted is None else trusted
+        logger = Logger(f"{type(self).__module__}.{type(self).__qualname__}", self)
         self._refusals = RefusalLog(
             self.clock,
             "{host} is not a trusted proxy: closing its connections to a "
@@ -264,8 +297,22 @@ class ProxyProtocolFactory(HAProxyWrappingFactory):
             "--trusted-proxy)",
             "{host}: closed {count} connections from an untrusted proxy "
             "in {duration:.1f}s",
-            Logger(f"{type(self).__module__}.{type(self).__qualname__}", self),
+            logger,
         )
+        self._badHeaders = RefusalLog(
+            self.clock,
+            "{host}, a trusted proxy, sent a bad PROXY protocol header "
+            "({fault}): closing such connections ungreeted (first from {peer})",
+            "{host}: closed {count} connections with a bad PROXY protocol "
+            "header in {duration:.1f}s",
+            logger,
+        )
+
+    def logPrefix(self) -> str:
+        """The wrapped factory's log prefix, saying the PROXY protocol is on."""
+        inner = getattr(self.wrappedFactory, "logPrefix", None)
+        name = inner() if inner is not None else type(self.wrappedFactory).__name__
+        return f"{name} (PROXY)"
 
     def untrusted(self, address: Any) -> None:
         """A connection from C{address}, not a trusted proxy, is refused."""
@@ -273,9 +320,21 @@ class ProxyProtocolFactory(HAProxyWrappingFactory):
             peerHost(address) or "unknown", peer=describeAddress(address)
         )
 
+    def badHeader(self, address: Any, fault: str) -> None:
+        """
+        A trusted proxy's connection from C{address} is refused for its
+        header's C{fault}, a printable description.
+        """
+        self._badHeaders.refused(
+            peerHost(address) or printable(describeAddress(address)),
+            peer=printable(describeAddress(address)),
+            fault=fault,
+        )
+
     def stopFactory(self) -> None:
-        """The last port stopped listening: close the refusal log's books."""
+        """The last port stopped listening: close the refusal logs' books."""
         self._refusals.flush()
+        self._badHeaders.flush()
         super().stopFactory()
 
 

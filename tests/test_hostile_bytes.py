@@ -1,22 +1,24 @@
 """
 Hostile bytes where the parsers are: a bounded, seeded fuzz of one server
 listening on a C{haproxy:} endpoint (PROXY protocol headers, version 1 and 2:
-truncated, oversized, of the wrong family, garbage), an C{ssl:} one (garbage
-for a ClientHello, a handshake cut half way) and a plain one (any bytes at
-all, which the protocol says are valid input).  Meanwhile reference sessions
-run on each endpoint.
+truncated, oversized, of the wrong family, garbage, issue 16's table), an
+C{ssl:} one (garbage for a ClientHello, a handshake cut half way) and a plain
+one (any bytes at all, which the protocol says are valid input).  Meanwhile
+reference sessions run on each endpoint.
 
 What must hold: every reference session gets every reply right, the server
-still serves afterwards, a plain connection's replies are the model's, and
-nothing a client sent makes the server log a traceback or an error.  The
-cases are drawn from a fixed seed, so a failure is repeated by running the
-test again; C{CARET_FUZZ_SEED} draws others.
+still serves afterwards, a plain connection's replies are the model's, so
+are those of a proxied one after a valid header however cut, and nothing a
+client sent makes the server log a traceback or an error, or reaches the log
+raw.  The cases are drawn from a fixed seed, so a failure is repeated by
+running the test again; C{CARET_FUZZ_SEED} draws others.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import ssl
 import struct
 from collections.abc import Callable
@@ -40,6 +42,7 @@ from caretproto.referenceclient import REFERENCE_SCRIPT, runSession
 from caretproto.rules import GREETING
 from tests.model import referenceReplies
 from tests.rawclient import RawClient, connect, portNumbers, startCommand
+from tests.test_proxyheader import TABLE
 from tests.test_tls import Certificates
 
 SEED = int(os.environ.get("CARET_FUZZ_SEED", "13"))
@@ -76,6 +79,7 @@ def proxyHeader(rng: random.Random) -> bytes:
     ipv4 = struct.pack("!4s4sHH", bytes([203, 0, 113, 9]), bytes(4), 4242, 9090)
     ipv6 = bytes(32) + struct.pack("!HH", 4242, 9090)
     choices: list[Callable[[], bytes]] = [
+        lambda: rng.choice(list(TABLE.values())),
         lambda: V1_HEADER[: rng.randint(0, len(V1_HEADER) - 1)],
         lambda: b"PROXY TCP4 " + b"1" * rng.randint(100, 3000) + b"\r\n",
         lambda: b"PROXY TCP4 " + randomBytes(rng, 80) + b"\r\n",
@@ -171,6 +175,9 @@ async def _send(port: int, data: bytes, rng: random.Random) -> tuple[bytes, bool
     )
     transport: Any = client.transport
     halfClose = rng.random() >= 0.2
+    if client.done.called:
+        # The server refused it (a bad PROXY header) before it was done.
+        return await client.done, False
     if halfClose:
         transport.loseWriteConnection()
     else:
@@ -227,10 +234,12 @@ class HostileBytesTests(TestCase):
         self.assertIsNone(overTLS.failure, overTLS.detail)
         return [plain, proxied, GREETING + overTLS.received]
 
-    async def fuzz(self) -> list[tuple[bytes, bytes, bool]]:
+    async def fuzz(
+        self,
+    ) -> tuple[list[tuple[bytes, bytes, bool]], list[tuple[bytes, bytes, bool]]]:
         """
-        Every hostile connection, a batch at a time: what each plain one
-        sent and received, and whether it half-closed.
+        Every hostile connection, a batch at a time: what each plain one, and
+        each proxied one, sent and received, and whether it half-closed.
         """
         rng = random.Random(SEED)
         hello = clientHello()
@@ -238,24 +247,25 @@ class HostileBytesTests(TestCase):
         cases += [(self.proxied, proxyHeader(rng)) for _ in range(CASES)]
         cases += [(self.tls, tlsOpening(rng, hello)) for _ in range(CASES)]
         rng.shuffle(cases)
-        plain = []
+        seen: dict[int, list[tuple[bytes, bytes, bool]]] = {
+            self.plain: [],
+            self.proxied: [],
+            self.tls: [],
+        }
         for first in range(0, len(cases), BATCH):
             batch = cases[first : first + BATCH]
             results = await gatherResults(
                 [send(port, data, random.Random(rng.random())) for port, data in batch]
             )
-            plain += [
-                (data, received, halfClosed)
-                for (port, data), (received, halfClosed) in zip(
-                    batch, results, strict=True
-                )
-                if port == self.plain
-            ]
-        return plain
+            for (port, data), (received, halfClosed) in zip(
+                batch, results, strict=True
+            ):
+                seen[port].append((data, received, halfClosed))
+        return seen[self.plain], seen[self.proxied]
 
     async def test_hostile_bytes_harm_no_one(self) -> None:
         reference = Deferred.fromCoroutine(self.reference())
-        plain = await self.fuzz()
+        plain, proxied = await self.fuzz()
         expected = modelReplies(b"".join(data for data, _ in REFERENCE_SCRIPT))
         self.assertEqual(await reference, [expected] * 3)
 
@@ -265,6 +275,17 @@ class HostileBytesTests(TestCase):
             if halfClosed:
                 self.assertEqual(received, modelReplies(sent), sent)
         self.assertGreater(sum(halfClosed for _, _, halfClosed in plain), CASES / 2)
+
+        # A valid header, however it was cut into reads, was served: a
+        # client that half-closed after it got the model's replies.
+        served = [
+            (sent, received)
+            for sent, received, halfClosed in proxied
+            if halfClosed and sent.startswith(V1_HEADER)
+        ]
+        self.assertGreater(len(served), 0)
+        for sent, received in served:
+            self.assertEqual(received, modelReplies(sent[len(V1_HEADER) :]), sent)
 
         # The server still serves, on every endpoint, after all that.
         self.assertEqual(await self.reference(), [expected] * 3)
@@ -276,6 +297,10 @@ class HostileBytesTests(TestCase):
             or event.get("log_level") in (LogLevel.error, LogLevel.critical)
         ]
         self.assertEqual(complaints, [])
+        # Nothing a client sent reaches the log raw.
+        for event in self.events:
+            text = formatEvent(event)
+            self.assertIsNone(re.search(r"[\x00-\x1f\x7f]", text), text)
         # The hostile connections were seen, and said no more than warnings.
         self.assertTrue(
             any("PROXY protocol header" in formatEvent(e) for e in self.events)

@@ -93,14 +93,20 @@ class HeaderFirstTests(SynchronousTestCase):
 
     def test_a_header_cut_into_reads_starts_the_session_when_complete(self) -> None:
         wrapper, transport, caret = self.connect()
-        # Twisted needs the first read to hold the first 8 bytes at least.
-        wrapper.dataReceived(HEADER[:8])
-        for byte in range(8, len(HEADER) - 1):
+        for byte in range(len(HEADER) - 1):
             wrapper.dataReceived(HEADER[byte : byte + 1])
         self.assertEqual(transport.value(), b"")
         wrapper.dataReceived(HEADER[-1:] + b"^a")
         self.assertEqual(transport.value(), b"*b")
         self.assertEqual(self.session(caret).peer, "203.0.113.7:4242")
+
+    def test_the_wrapper_forwards_writes_unchanged_so_write_now_sees_through_it(
+        self,
+    ) -> None:
+        # caretproto.writenow sends straight to the socket under a wrapper
+        # whose write is ProtocolWrapper's.
+        wrapper, _, _ = self.connect()
+        self.assertIs(type(wrapper).write, ProtocolWrapper.write)
 
     def test_a_version_2_header_names_the_client_too(self) -> None:
         wrapper, transport, caret = self.connect()
@@ -132,7 +138,9 @@ class HeaderFirstTests(SynchronousTestCase):
         wrapper.connectionLost(Failure(ConnectionError()))
         self.assertEqual(caret.sessions, set())
         self.assertIn(
-            "10.0.0.5:51000 sent no PROXY protocol header: closed",
+            "10.0.0.5, a trusted proxy, sent a bad PROXY protocol header (no "
+            "PROXY protocol signature but '^abc$ and more, but no header'): "
+            "closing such connections ungreeted (first from 10.0.0.5:51000)",
             [e.get("log_format", "").format(**e) for e in events],
         )
 
