@@ -4,8 +4,12 @@ turn it is made when nothing waits before it; the rest goes through Twisted's
 own buffer, so order, flow control and errors stay Twisted's.
 
 Most tests run a session on a real L{twisted.internet.tcp.Server} whose
-socket and reactor are fakes that record what is sent and what is registered;
-one uses real sockets, for a reset the kernel reports.
+socket and reactor are fakes that record what is sent and what is registered.
+The rest use real loopback connections in this process, for what only a
+kernel shows: a socket that has room again while Twisted still holds the rest
+of an earlier write, the fast path coming back once Twisted's buffer has
+drained, TLS started on a connection, caret's own PROXY-protocol wrapper, and
+a reset.
 """
 
 from __future__ import annotations
@@ -201,6 +205,18 @@ class WriteNowTests(TestCase):
         self.assertEqual(fake.sent, [GREETING])
         self.assertEqual(transport._tempDataBuffer, [b"late"])
 
+    def test_after_abortConnection_nothing_more_is_sent(self) -> None:
+        """
+        Abort drops what is buffered and sets none of C{disconnecting} or
+        the write flags: a reply made after it (a client's C{abort()} then
+        C{send()}) goes nowhere, as Twisted's own C{write} would have it.
+        """
+        session, transport, fake, _ = sessionOnSocket()
+        transport.abortConnection()
+        writeNow(transport, b"late")
+        session.dataReceived(b"^abc")
+        self.assertEqual(fake.sent, [GREETING])
+
 
 class WhichTransportsTests(TestCase):
     """
@@ -248,6 +264,7 @@ class WhichTransportsTests(TestCase):
         for name in (
             "connected",
             "disconnecting",
+            "_aborting",
             "_writeDisconnecting",
             "_writeDisconnected",
             "_tempDataLen",
