@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.error import ConnectError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -26,7 +27,11 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from caretproto import tap
-from caretproto.proxy import ProxyProtocolFactory, TrustedProxies
+from caretproto.proxy import (
+    ProxyProtocolEndpoint,
+    ProxyProtocolFactory,
+    TrustedProxies,
+)
 from caretproto.server import CaretFactory
 from tests.rawclient import RawClient, connect, portNumbers, startCommand
 from tests.test_proxy import logged
@@ -203,7 +208,16 @@ class OptionTests(SynchronousTestCase):
         self.assertIn(tap.TRUSTED_PROXY_EXAMPLES, message)
 
     def test_a_haproxy_unix_socket_needs_no_trusted_proxies(self) -> None:
-        self.parse("--port", "haproxy:unix:/tmp/caret-proxied.sock")
+        """
+        Accepted without C{--trusted-proxy}, and its peers are trusted all
+        the same: the socket file's permissions are its access control.
+        """
+        options = self.parse("--port", "haproxy:unix:/tmp/caret-proxied.sock")
+        [endpoint] = options["endpoints"]
+        self.assertIsInstance(endpoint, ProxyProtocolEndpoint)
+        self.assertIsInstance(endpoint.wrapped, UNIXServerEndpoint)
+        self.assertEqual(endpoint.trusted.networks, ())
+        self.assertTrue(endpoint.trusted.trusts(UNIXAddress(None)))
 
     def test_trusted_proxies_may_be_repeated(self) -> None:
         options = self.parse(
