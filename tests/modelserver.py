@@ -129,10 +129,8 @@ class TappedFactory(CaretFactory):
                 # Nor what the server sent past its tap.
                 owed = owed[: len(sent)]
             if sent != owed:
-                at = next(
-                    (i for i, (a, b) in enumerate(zip(sent, owed)) if a != b),
-                    min(len(sent), len(owed)),
-                )
+                common = min(len(sent), len(owed))
+                at = next((i for i in range(common) if sent[i] != owed[i]), common)
                 raise AssertionError(
                     f"connection {number}: the server sent {len(sent)} bytes, "
                     f"the model owes {len(owed)}; from byte {at}, the server "

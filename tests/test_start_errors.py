@@ -1,8 +1,9 @@
 """
 Errors at start: a C{twistd caret} that cannot listen, or cannot read its
 certificate, says which option is wrong and why in one line, and exits with
-status 1, as docs/exposing.rst promises; no traceback, for it is the operator's mistake, not the
-program's.  Each case runs the real command (L{tests.twistd}).
+status 1, as docs/exposing.rst promises; no traceback, for it is the
+operator's mistake, not the program's.  Each case runs the real command
+(L{tests.twistd}).
 """
 
 from __future__ import annotations
