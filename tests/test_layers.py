@@ -64,6 +64,10 @@ class LayerTests(TestCase):
             loaded & {"caretproto.workers", "caretproto.workerside"}, set()
         )
 
+
+class PackageTests(TestCase):
+    """What the package offers, in this process: nothing is started."""
+
     def test_the_package_still_offers_the_server_classes(self) -> None:
         import caretproto
         from caretproto.server import CaretFactory, CaretProtocol

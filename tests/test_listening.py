@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from twisted.trial.unittest import TestCase
 
 from caretproto.listening import (
@@ -60,6 +61,7 @@ class WaitForListeningTests(TestCase):
             file.write(TWISTD_LOG)
         self.assertEqual(waitForListening(log, count=4)[1].port, 40002)
 
+    @pytest.mark.process
     def test_a_server_that_ends_first_fails_at_once_with_its_log(self) -> None:
         log = shortTempPath(self, "twistd.log")
         with open(log, "wb") as file:
