@@ -15,7 +15,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
 import sys
 from collections import Counter
 from importlib.machinery import ModuleSpec
@@ -39,6 +38,7 @@ from caretproto.benchrun import Params, connector, parseParams, run
 from caretproto.reference import REFERENCE_SCRIPT
 from caretproto.rules import replyTo
 from caretproto.server import CaretFactory, CaretProtocol
+from tests import childEnvironment
 from tests.model import referenceReplies
 from tests.modelserver import (
     GREETING,
@@ -249,7 +249,7 @@ class ProcessesTests(ServerMixin, TestCase):
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
             ["-m", "caretproto.benchrun", params.host, str(params.port), *args],
-            env=os.environ,
+            env=childEnvironment(),
         )
         return code, out.decode(), err.decode()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import itertools
-import os
 import re
 import resource
 import socket
@@ -25,6 +24,7 @@ from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from caretproto.caretclient import Options
+from tests import childEnvironment
 from tests.twistd import LOOPBACK, Twistd
 from tests.workedexample import REFERENCE_REPLIES
 
@@ -86,6 +86,7 @@ class ExitStatusTests(TestCase):
             capture_output=True,
             text=True,
             timeout=60,
+            env=childEnvironment(),
             **kwargs,  # type: ignore[call-overload]
         )
 
@@ -180,7 +181,7 @@ class ReferenceRunTests(TestCase):
         [address] = yield twistd.listening
         host, port = address.rsplit(":", 1)
         out, err, status = yield getProcessOutputAndValue(
-            CLIENT[0], [*CLIENT[1:], "-n", "3", host, port], env=dict(os.environ)
+            CLIENT[0], [*CLIENT[1:], "-n", "3", host, port], env=childEnvironment()
         )
         self.assertEqual((err, status), (b"", 0))
         return out.decode()

@@ -13,7 +13,6 @@ times are masked.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import sys
@@ -28,7 +27,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from caretproto import tap
-from tests import inCI
+from tests import childEnvironment, inCI
 from tests.docblocks import (
     REPO,
     Command,
@@ -107,7 +106,7 @@ class DocumentedCommandsTests(TestCase):
         needsNetcat(command.line)
         line = withPorts(inVirtualEnvironment(command.line, BINARIES), ports)
         out, err, status = yield getProcessOutputAndValue(
-            "/bin/bash", ["-c", line], env=dict(os.environ), path=str(REPO)
+            "/bin/bash", ["-c", line], env=childEnvironment(), path=str(REPO)
         )
         self.assertEqual(status, 0, (line, out, err))
         return (out + err).decode().splitlines()
@@ -182,7 +181,7 @@ class DocumentedCommandsTests(TestCase):
             [command] = consoleCommands(page, title)[:1]
             line = inVirtualEnvironment(command.line, BINARIES)
             out, err, status = yield getProcessOutputAndValue(
-                "/bin/bash", ["-c", line], env=dict(os.environ), path=str(REPO)
+                "/bin/bash", ["-c", line], env=childEnvironment(), path=str(REPO)
             )
             self.assertNotEqual(status, 0)
             self.assertEqual((out + err).decode().splitlines(), command.output)

@@ -17,6 +17,7 @@ from caretproto.listening import (
     listeningIn,
     waitForListening,
 )
+from tests import childEnvironment
 from tests.tempfolder import shortTempPath
 
 TWISTD_LOG = """\
@@ -66,7 +67,9 @@ class WaitForListeningTests(TestCase):
         log = shortTempPath(self, "twistd.log")
         with open(log, "wb") as file:
             process = subprocess.Popen(
-                [sys.executable, "-c", "print('no such option')"], stdout=file
+                [sys.executable, "-c", "print('no such option')"],
+                stdout=file,
+                env=childEnvironment(),
             )
             process.wait()
         error = self.assertRaises(

@@ -11,7 +11,6 @@ L{tests.rawclient.serve} or L{caretproto.tap.makeService}.
 from __future__ import annotations
 
 import codecs
-import os
 import re
 import signal
 import sys
@@ -26,6 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from caretproto.listening import LISTENING, listeningIn
 from caretproto.rules import GREETING
+from tests import childEnvironment
 from tests.rawclient import connect
 from tests.tempfolder import tempFolder
 
@@ -194,7 +194,8 @@ class Twistd(ProcessProtocol):
     ) -> Twistd:
         """
         Start C{twistd -n} (or C{runner}) with C{argv}, in C{env} (default:
-        this process's environment), with C{childFDs} as for
+        this process's environment) with the C{caretproto} under test first
+        on its C{PYTHONPATH} (L{tests.childEnvironment}), with C{childFDs} as for
         C{spawnProcess} (default: standard input, output and error), and the
         open-files limit C{openFiles} (soft, hard) if given.  It runs in a
         temporary folder, so that nothing it writes lands in the repository,
@@ -209,7 +210,7 @@ class Twistd(ProcessProtocol):
             process,
             command[0],
             command,
-            env=dict(os.environ) if env is None else env,
+            env=childEnvironment(env),
             path=tempFolder(testCase),
             childFDs=childFDs,
         )
