@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
@@ -108,7 +108,9 @@ class ServerMixin:
 
 
 def bench(params: Params, **changes: Any) -> Deferred[Tally]:
-    return ensureDeferred(run(reactor, Params(**{**params.__dict__, **changes})))
+    return Deferred.fromCoroutine(
+        run(reactor, Params(**{**params.__dict__, **changes}))
+    )
 
 
 class RoundTripTests(ServerMixin, TestCase):
@@ -322,9 +324,7 @@ class DisplayTests(ServerMixin, TestCase):
         screen = StringIO()
         display = LiveDisplay(Console(file=screen, force_terminal=True, width=80))
         params = self.serve()
-        await ensureDeferred(
-            run(reactor, Params(**{**params.__dict__, "duration": 0.6}), display)
-        )
+        await run(reactor, Params(**{**params.__dict__, "duration": 0.6}), display)
         shown = screen.getvalue()
         self.assertIn("rounds/s", shown)
         self.assertIn("rr", shown)
