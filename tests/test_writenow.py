@@ -479,11 +479,18 @@ class RealSocketTests(TestCase):
     async def test_the_fast_path_comes_back_once_the_buffer_has_drained(
         self,
     ) -> None:
+        """
+        Once Twisted has sent all it held, a reply goes straight to the
+        socket again: nothing held, nothing registered for writing.
+        """
         transport, client = await loopbackPair(self)
+        clientSocket = client.transport.getHandle()  # type: ignore[union-attr]
+        clientSocket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        first = b"d" * (1 << 18)
+        first = b"d" * (1 << 16)
         writeNow(transport, first)
         self.assertIn(transport, reactor.getWriters())  # type: ignore[attr-defined]
+        clientSocket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         await client.receivedAtLeast(len(first))
         self.assertNotIn(transport, reactor.getWriters())  # type: ignore[attr-defined]
 
