@@ -74,12 +74,17 @@ def writeNow(transport: ITransport, data: bytes) -> None:
     Write C{data} to C{transport}: straight to its socket if nothing is
     waiting to be sent before it, the rest (or all of it, if the socket
     takes none) through C{transport.write}.
+
+    After C{abortConnection} nothing is sent: abort sets only C{_aborting}
+    (not C{disconnecting}), and Twisted's own C{write} then drops the data
+    with the rest of the buffer.
     """
     connection = socketTransport(transport)
     if (
         connection is None
         or not connection.connected
         or connection.disconnecting
+        or connection._aborting
         or connection._writeDisconnecting
         or connection._writeDisconnected
         or connection._tempDataLen

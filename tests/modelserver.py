@@ -103,24 +103,41 @@ class TappedFactory(CaretFactory):
 
     def assertAnsweredAsTheModel(self) -> int:
         """
-        Fail unless every connection's server sent the greeting and then the
-        replies L{tests.model} gives for what it received, as far as both
-        were kept; return how many reply bytes were compared, so that a
-        caller can tell that some were.
+        Fail unless every greeted connection's server sent the greeting and
+        then exactly the replies L{tests.model} gives for what it received;
+        return how many reply bytes were compared, so that a caller can tell
+        that some were.
+
+        Where a tap was full, the comparison stops there, and only there:
+        the server's first L{TAPPED_BYTES} sent must be the model's for what
+        was received, and the model's replies to the first L{TAPPED_BYTES}
+        received must all have been sent.  A reply missing at the end, or
+        one too many, fails as a wrong byte does.
         """
         compared = 0
         for number, tap in enumerate(self.taps, 1):
-            owed = GREETING + reference(bytes(tap.received)).replies
             if not tap.sent:
+                # Never greeted (a server that keeps it waiting): it owes
+                # nothing, whatever the client sent.
                 continue
-            common = min(len(owed), len(tap.sent))
-            if bytes(tap.sent[:common]) != owed[:common]:
+            sent = bytes(tap.sent)
+            owed = GREETING + reference(bytes(tap.received)).replies
+            if len(tap.received) >= TAPPED_BYTES:
+                # The replies to bytes past the tap are not known here.
+                sent = sent[: len(owed)]
+            if len(tap.sent) >= TAPPED_BYTES:
+                # Nor what the server sent past its tap.
+                owed = owed[: len(sent)]
+            if sent != owed:
+                common = min(len(sent), len(owed))
+                at = next((i for i in range(common) if sent[i] != owed[i]), common)
                 raise AssertionError(
-                    f"connection {number}: the server sent "
-                    f"{bytes(tap.sent[:common])[:60]!r}..., the model owes "
-                    f"{owed[:common][:60]!r}..."
+                    f"connection {number}: the server sent {len(sent)} bytes, "
+                    f"the model owes {len(owed)}; from byte {at}, the server "
+                    f"sent {sent[at : at + 40]!r}, the model owes "
+                    f"{owed[at : at + 40]!r}"
                 )
-            compared += max(0, common - len(GREETING))
+            compared += len(sent) - len(GREETING)
         return compared
 
 

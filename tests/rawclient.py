@@ -12,10 +12,9 @@ unit tests: those use L{tests.fakes} or L{tests.wire}, on a StringTransport.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     clientFromString,
@@ -62,12 +61,11 @@ class RawClient(Protocol):
         self._waiting.append((count, waiter))
         return waiter
 
-    @inlineCallbacks
-    def sendInReads(self, reads: list[bytes]) -> Any:
+    async def sendInReads(self, reads: list[bytes]) -> None:
         """Write each read in its own reactor turn."""
         for read in reads:
             self.transport.write(read)  # type: ignore[union-attr]
-            yield deferLater(reactor, 0, lambda: None)
+            await deferLater(reactor, 0, lambda: None)
 
 
 def connect(to: str | int | IListeningPort) -> Deferred[RawClient]:

@@ -18,11 +18,12 @@ import json
 import os
 import sys
 from collections import Counter
+from importlib.machinery import ModuleSpec
 from typing import Any
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
@@ -39,8 +40,16 @@ from caretproto.benchrun import Params, endpointFor, parseParams, report, run, s
 from caretproto.reference import REFERENCE_SCRIPT
 from caretproto.rules import replyTo
 from caretproto.server import CaretFactory, CaretProtocol
+from tests import childEnvironment
 from tests.model import referenceReplies
-from tests.modelserver import GREETING, ModelAnswers, TappedFactory, TappedProtocol
+from tests.modelserver import (
+    GREETING,
+    TAPPED_BYTES,
+    ModelAnswers,
+    Tap,
+    TappedFactory,
+    TappedProtocol,
+)
 from tests.workedexample import REFERENCE_REPLIES
 
 SHORT_SCRIPT = tuple((sent, 0.01) for sent, _ in REFERENCE_SCRIPT)
@@ -101,7 +110,9 @@ class ServerMixin:
 
 
 def bench(params: Params, **changes: Any) -> Deferred[Tally]:
-    return ensureDeferred(run(reactor, Params(**{**params.__dict__, **changes})))
+    return Deferred.fromCoroutine(
+        run(reactor, Params(**{**params.__dict__, **changes}))
+    )
 
 
 class RoundTripTests(ServerMixin, TestCase):
@@ -242,7 +253,7 @@ class ProcessesTests(ServerMixin, TestCase):
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
             ["-m", "caretproto.benchrun", params.host, str(params.port), *args],
-            env=os.environ,
+            env=childEnvironment(),
         )
         return code, out.decode(), err.decode()
 
@@ -378,9 +389,7 @@ class DisplayTests(ServerMixin, TestCase):
         screen = StringIO()
         display = LiveDisplay(Console(file=screen, force_terminal=True, width=80))
         params = self.serve()
-        await ensureDeferred(
-            run(reactor, Params(**{**params.__dict__, "duration": 0.6}), display)
-        )
+        await run(reactor, Params(**{**params.__dict__, "duration": 0.6}), display)
         shown = screen.getvalue()
         self.assertIn("rounds/s", shown)
         self.assertIn("rr", shown)
@@ -398,8 +407,22 @@ class WithoutRichTests(TestCase):
             "pip install 'caretproto[live]'\n",
         )
 
-    def test_with_rich_the_live_display_is_shown(self) -> None:
-        self.assertTrue(benchrun._canShowLive())
+    def test_with_rich_the_live_display_is_shown_and_nothing_is_said(self) -> None:
+        """
+        Whether rich is installed here or not: the check is what is tested,
+        not this environment.
+        """
+        asked: list[str] = []
+
+        def findSpec(name: str) -> ModuleSpec:
+            asked.append(name)
+            return ModuleSpec(name, None)
+
+        self.patch(importlib.util, "find_spec", findSpec)
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            self.assertTrue(benchrun._canShowLive())
+        self.assertEqual((asked, stderr.getvalue()), (["rich"], ""))
 
 
 class RulesUseTests(TestCase):
@@ -420,3 +443,35 @@ class RulesUseTests(TestCase):
         self.assertEqual(merged.percentileMs(0.5), 0.1)
         self.assertEqual(merged.percentileMs(0.99), 5.0)
         self.assertIsNone(Tally().percentileMs(0.5))
+
+
+class ModelCheckTests(TestCase):
+    """
+    L{TappedFactory.assertAnsweredAsTheModel}, which the tests above lean
+    on, compares everything both taps kept, not a common prefix.
+    """
+
+    def tapped(self, received: bytes, sent: bytes) -> TappedFactory:
+        factory = TappedFactory()
+        tap = Tap()
+        tap.keepReceived(received)
+        tap.keepSent(sent)
+        factory.taps.append(tap)
+        return factory
+
+    def test_the_model_s_replies_pass_and_are_counted(self) -> None:
+        factory = self.tapped(b"^abc$de^ab", GREETING + b"bcdbc")
+        self.assertEqual(factory.assertAnsweredAsTheModel(), 5)
+
+    def test_a_missing_last_reply_fails(self) -> None:
+        factory = self.tapped(b"^abc$de^ab", GREETING + b"bcd")
+        self.assertRaises(AssertionError, factory.assertAnsweredAsTheModel)
+
+    def test_a_reply_too_many_fails(self) -> None:
+        factory = self.tapped(b"^abc$", GREETING + b"bcdx")
+        self.assertRaises(AssertionError, factory.assertAnsweredAsTheModel)
+
+    def test_past_a_full_tap_only_what_both_kept_is_compared(self) -> None:
+        body = b"a" * TAPPED_BYTES
+        factory = self.tapped(b"^" + body, GREETING + b"b" * TAPPED_BYTES)
+        self.assertEqual(factory.assertAnsweredAsTheModel(), TAPPED_BYTES - 1)

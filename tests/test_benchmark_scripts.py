@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests import childEnvironment
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 NOT_SCRIPTS = {"harness.py", "micro.py", "conftest.py"}
@@ -34,7 +36,7 @@ class HelpTests(SynchronousTestCase):
         self.assertIn("compare.py", [script.name for script in scripts()])
         with tempfile.TemporaryDirectory() as cache:
             # A script that compiled cload would put it here.
-            environment = {**os.environ, "XDG_CACHE_HOME": cache}
+            environment = childEnvironment({**os.environ, "XDG_CACHE_HOME": cache})
             for script in scripts():
                 done = subprocess.run(
                     [sys.executable, str(script), "--help"],
@@ -54,6 +56,7 @@ class HelpTests(SynchronousTestCase):
             capture_output=True,
             text=True,
             timeout=60,
+            env=childEnvironment(),
             check=False,
         )
         self.assertIn("python -m pytest benchmarks/micro.py", done.stderr)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import itertools
-import os
 import re
 import resource
 import socket
@@ -16,15 +15,15 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from typing import Any
 
 import pytest
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from caretproto.caretclient import Options
+from tests import childEnvironment
 from tests.twistd import LOOPBACK, Twistd
 from tests.workedexample import REFERENCE_REPLIES
 
@@ -101,6 +100,7 @@ class ExitStatusTests(TestCase):
             capture_output=True,
             text=True,
             timeout=60,
+            env=childEnvironment(),
             **kwargs,  # type: ignore[call-overload]
         )
 
@@ -189,23 +189,23 @@ class ReferenceRunTests(TestCase):
 
     timeout = 60
 
-    @inlineCallbacks
-    def caretClientAgainst(self, *serverOptions: str) -> Any:
+    async def caretClientAgainst(self, *serverOptions: str) -> str:
         twistd = Twistd.start(self, "caret", "--port", LOOPBACK, *serverOptions)
-        [address] = yield twistd.listening
+        [address] = await twistd.listening
         host, port = address.rsplit(":", 1)
-        out, err, status = yield getProcessOutputAndValue(
-            CLIENT[0], [*CLIENT[1:], "-n", "3", host, port], env=dict(os.environ)
+        out, err, status = await getProcessOutputAndValue(
+            CLIENT[0], [*CLIENT[1:], "-n", "3", host, port], env=childEnvironment()
         )
         self.assertEqual((err, status), (b"", 0))
         return out.decode()
 
-    @inlineCallbacks
-    def test_n_sessions_take_n_times_longer_on_a_sequential_server(self) -> Any:
-        sequential, concurrent = yield gatherResults(
+    async def test_n_sessions_take_n_times_longer_on_a_sequential_server(self) -> None:
+        sequential, concurrent = await gatherResults(
             [
-                self.caretClientAgainst("--max-connections", "1"),
-                self.caretClientAgainst(),
+                Deferred.fromCoroutine(
+                    self.caretClientAgainst("--max-connections", "1")
+                ),
+                Deferred.fromCoroutine(self.caretClientAgainst()),
             ]
         )
         # Lower bounds only, which no load can break: a session waits 2.2 s

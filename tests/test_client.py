@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
@@ -189,84 +189,79 @@ class LoopbackTests(TestCase):
         self.serve("tcp:0:interface=127.0.0.1")
         return f"tcp:host=127.0.0.1:port={self.caret.ports[0].getHost().port}"
 
-    @inlineCallbacks
-    def test_request_gets_the_reply_over_tcp(self):
-        client = yield connect(reactor, self.serveTCP())
-        yield client.greeted
-        reply = yield client.request(b"abc")
+    async def test_request_gets_the_reply_over_tcp(self) -> None:
+        client = await connect(reactor, self.serveTCP())
+        await client.greeted
+        reply = await client.request(b"abc")
         self.assertEqual(reply, b"bcd")
         client.close()
-        yield client.closed
+        await client.closed
 
-    @inlineCallbacks
-    def test_a_large_reply_arrives_whole_however_the_network_cuts_it(self):
-        client = yield connect(reactor, self.serveTCP())
+    async def test_a_large_reply_arrives_whole_however_the_network_cuts_it(
+        self,
+    ) -> None:
+        client = await connect(reactor, self.serveTCP())
         body = bytes(range(36)) * 30_000
         seen: list[bytes] = []
         client.replyReceived = seen.append
-        reply = yield client.request(body)
+        reply = await client.request(body)
         self.assertEqual(reply, referenceReply(body))
         self.assertGreater(len(seen), 1, "one read: the test cut nothing")
         client.close()
-        yield client.closed
+        await client.closed
 
-    @inlineCallbacks
-    def test_pipelined_requests_over_tcp(self):
-        client = yield connect(reactor, self.serveTCP())
+    async def test_pipelined_requests_over_tcp(self) -> None:
+        client = await connect(reactor, self.serveTCP())
         bodies = [b"x" * n for n in range(200)]
-        replies = yield gatherResults([client.request(body) for body in bodies])
+        replies = await gatherResults([client.request(body) for body in bodies])
         self.assertEqual(replies, [referenceReply(body) for body in bodies])
         client.close()
-        yield client.closed
+        await client.closed
 
-    @inlineCallbacks
-    def test_close_lets_the_server_deliver_what_it_owes(self):
-        client = yield connect(reactor, self.serveTCP())
+    async def test_close_lets_the_server_deliver_what_it_owes(self) -> None:
+        client = await connect(reactor, self.serveTCP())
         received: list[bytes] = []
         client.replyReceived = received.append
         client.send(b"^" + b"a" * 100_000)
         client.close()
-        yield client.closed
+        await client.closed
         self.assertEqual(b"".join(received), b"b" * 100_000)
 
-    @inlineCallbacks
-    def test_request_over_a_unix_socket(self):
+    async def test_request_over_a_unix_socket(self) -> None:
         path = shortTempPath(self, "caret.sock")
         self.serve(f"unix:{path}")
-        client = yield connect(reactor, f"unix:path={path}")
-        reply = yield client.request(b"unix")
+        client = await connect(reactor, f"unix:path={path}")
+        reply = await client.request(b"unix")
         self.assertEqual(reply, b"vojy")
         client.close()
-        yield client.closed
+        await client.closed
 
-    @inlineCallbacks
-    def test_a_server_that_does_not_greet_fails_greeted(self):
+    async def test_a_server_that_does_not_greet_fails_greeted(self) -> None:
         class Impostor(Protocol):
             def connectionMade(self) -> None:
                 self.transport.write(b"HTTP/1.1 400 Bad Request\r\n")
                 self.transport.loseConnection()
 
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Factory.forProtocol(Impostor)
         )
         self.addCleanup(port.stopListening)
-        client = yield connect(
+        client = await connect(
             reactor, f"tcp:host=127.0.0.1:port={port.getHost().port}"
         )
-        failure = yield self.assertFailure(client.greeted, GreetingError)
+        failure = await self.assertFailure(client.greeted, GreetingError)
         self.assertIn("HTTP/1.1", str(failure))
-        yield client.closed
+        await client.closed
 
-    @inlineCallbacks
-    def test_a_refused_connection_fails_connect(self):
+    async def test_a_refused_connection_fails_connect(self) -> None:
         from twisted.internet.error import ConnectionRefusedError
 
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Factory.forProtocol(Protocol)
         )
         number = port.getHost().port
-        yield port.stopListening()
-        yield self.assertFailure(
+        await port.stopListening()
+        await self.assertFailure(
             connect(reactor, f"tcp:host=127.0.0.1:port={number}"),
             ConnectionRefusedError,
         )

@@ -8,7 +8,6 @@ caretproto's version.
 
 from __future__ import annotations
 
-import os
 import sys
 from importlib.metadata import version
 
@@ -17,6 +16,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from caretproto.tap import ENDPOINT_EXAMPLES
+from tests import childEnvironment
 from tests.twistd import TWISTD
 from twisted import __version__ as twistedVersion
 
@@ -31,7 +31,7 @@ async def run(command: str, *argv: str) -> tuple[str, str, int]:
     """Run C{command} with C{argv}: its output, its errors and its exit status."""
     [executable, *args] = COMMANDS[command]
     out, err, status = await getProcessOutputAndValue(
-        executable, [*args, *argv], env=dict(os.environ)
+        executable, [*args, *argv], env=childEnvironment()
     )
     return out.decode(), err.decode(), status
 

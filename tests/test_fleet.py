@@ -29,6 +29,8 @@ FLEET = str(Path(__file__).parent.parent / "benchmarks" / "fleet.py")
 
 
 @pytest.mark.process
+# Past trial's own timeout (below), so that trial's fires first.
+@pytest.mark.timeout(210)
 class FleetTests(TestCase):
     timeout = 180
     if HAPROXY is None and not inCI():

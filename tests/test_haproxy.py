@@ -16,11 +16,10 @@ import shutil
 import signal
 import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
@@ -104,10 +103,9 @@ class HAProxyTests(TestCase):
         if HAPROXY is None:
             self.fail("haproxy is not installed: CI must install it (Debian's haproxy)")
 
-    @inlineCallbacks
-    def test_sessions_through_haproxy_are_served_and_logged_as_the_real_client(
+    async def test_sessions_through_haproxy_are_served_and_logged_as_the_real_client(
         self,
-    ) -> Any:
+    ) -> None:
         servers = [
             Twistd.start(
                 self,
@@ -119,7 +117,7 @@ class HAProxyTests(TestCase):
             )
             for _ in range(2)
         ]
-        addresses = yield gatherResults([server.listening for server in servers])
+        addresses = await gatherResults([server.listening for server in servers])
         [one], [two] = addresses
         stats = shortTempPath(self, "stats.sock")
         config = Path(shortTempPath(self, "haproxy.cfg"))
@@ -135,10 +133,10 @@ class HAProxyTests(TestCase):
         haproxy = Twistd.start(self, runner=[str(HAPROXY), "-db", "-f", str(config)])
         haproxy.listening.addErrback(lambda _: None)
         # The health checks reach both servers once HAProxy is running.
-        yield gatherResults([server.logged(r"connected") for server in servers])
+        await gatherResults([server.logged(r"connected") for server in servers])
 
         clients = LocalPorts(TCP4ClientEndpoint(reactor, "127.0.0.1", port))
-        report = yield runSessions(
+        report = await runSessions(
             reactor,  # type: ignore[arg-type]
             clients,
             SESSIONS,
@@ -150,19 +148,19 @@ class HAProxyTests(TestCase):
         self.assertEqual(len(clients.ports), SESSIONS)
         # The client above checks replies with caretproto's own rules; this
         # one checks them against the tests' model.
-        raw = yield connect(f"tcp:127.0.0.1:{port}")
+        raw = await connect(f"tcp:127.0.0.1:{port}")
         clients.ports.append(raw.transport.getHost().port)
         raw.transport.write(STREAM)
         raw.transport.loseWriteConnection()
-        self.assertEqual((yield raw.done), b"*" + referenceReplies(STREAM))
+        self.assertEqual(await raw.done, b"*" + referenceReplies(STREAM))
 
-        status = yield self.serverStatus(stats)
+        status = await self.serverStatus(stats)
         self.assertEqual(status, {"caret1": ("UP", "L7OK"), "caret2": ("UP", "L7OK")})
 
         haproxy.signal(signal.SIGKILL)
         for server in servers:
             server.signal(signal.SIGTERM)
-        yield gatherResults([server.ended for server in servers])
+        await gatherResults([server.ended for server in servers])
         bytesIn = len(STREAM)
         bytesOut = 1 + len(referenceReplies(STREAM))
         served = [
@@ -183,12 +181,11 @@ class HAProxyTests(TestCase):
             for peer in ports:
                 self.assertIn(f"127.0.0.1:{peer} connected", server.output)
 
-    @inlineCallbacks
-    def serverStatus(self, stats: str) -> Any:
+    async def serverStatus(self, stats: str) -> dict[str, tuple[str, str]]:
         """Each server's status and last check, from HAProxy's stats socket."""
-        client = yield connect(f"unix:{stats}")
+        client = await connect(f"unix:{stats}")
         client.transport.write(b"show stat\n")
-        table = (yield client.done).decode().splitlines()
+        table = (await client.done).decode().splitlines()
         header = table[0].lstrip("# ").split(",")
         rows = [dict(zip(header, line.split(","), strict=False)) for line in table[1:]]
         return {

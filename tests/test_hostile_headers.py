@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
@@ -269,10 +268,9 @@ class TwistdTests(TestCase):
 
     timeout = 60
 
-    @inlineCallbacks
-    def test_hostile_headers_get_nothing_and_a_split_valid_one_is_served(
+    async def test_hostile_headers_get_nothing_and_a_split_valid_one_is_served(
         self,
-    ) -> Any:
+    ) -> None:
         server = Twistd.start(
             self,
             "caret",
@@ -281,27 +279,27 @@ class TwistdTests(TestCase):
             "--trusted-proxy",
             "127.0.0.1",
         )
-        [address] = yield server.listening
+        [address] = await server.listening
         port = int(address.rsplit(":", 1)[1])
 
         for name, header in TABLE.items():
-            client: RawClient = yield connect(port)
+            client: RawClient = await connect(port)
             client.transport.write(header + b"^abc$")
-            self.assertEqual((yield client.done), b"", name)
-        yield server.logged(r"a trusted proxy, sent a bad PROXY protocol header")
+            self.assertEqual((await client.done), b"", name)
+        await server.logged(r"a trusted proxy, sent a bad PROXY protocol header")
 
-        client = yield connect(port)
+        client = await connect(port)
         # Without Nagle's algorithm, each write its own segment.
         client.transport.setTcpNoDelay(True)
-        yield client.sendInReads([V1[i : i + 1] for i in range(len(V1))])
-        self.assertEqual((yield client.receivedAtLeast(1)), b"*")
+        await client.sendInReads([V1[i : i + 1] for i in range(len(V1))])
+        self.assertEqual((await client.receivedAtLeast(1)), b"*")
         client.transport.write(b"^abc$de^abte$f")
         client.transport.loseWriteConnection()
-        self.assertEqual((yield client.done), b"*bcdbcuf")
-        yield server.logged(r"203\.0\.113\.7:4242 disconnected")
+        self.assertEqual((await client.done), b"*bcdbcuf")
+        await server.logged(r"203\.0\.113\.7:4242 disconnected")
 
         # The burst ends, counted, once the balancer has been quiet a while.
-        yield server.logged(
+        await server.logged(
             rf"127\.0\.0\.1: closed {len(TABLE)} connections with a bad PROXY"
         )
         log = server.output

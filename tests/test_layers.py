@@ -13,6 +13,8 @@ import sys
 import pytest
 from twisted.trial.unittest import TestCase
 
+from tests import childEnvironment
+
 SERVER_ONLY = {
     "caretproto.tap",
     "caretproto.workers",
@@ -36,6 +38,7 @@ def loadedBy(module: str) -> set[str]:
         text=True,
         check=True,
         timeout=60,
+        env=childEnvironment(),
     )
     return {
         name

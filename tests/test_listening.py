@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from twisted.trial.unittest import TestCase
 
 from caretproto.listening import (
@@ -16,6 +17,7 @@ from caretproto.listening import (
     waitForListening,
 )
 from caretproto.service import LISTENING
+from tests import childEnvironment
 from tests.tempfolder import shortTempPath
 
 TWISTD_LOG = """\
@@ -60,11 +62,14 @@ class WaitForListeningTests(TestCase):
             file.write(TWISTD_LOG)
         self.assertEqual(waitForListening(log, count=4)[1].port, 40002)
 
+    @pytest.mark.process
     def test_a_server_that_ends_first_fails_at_once_with_its_log(self) -> None:
         log = shortTempPath(self, "twistd.log")
         with open(log, "wb") as file:
             process = subprocess.Popen(
-                [sys.executable, "-c", "print('no such option')"], stdout=file
+                [sys.executable, "-c", "print('no such option')"],
+                stdout=file,
+                env=childEnvironment(),
             )
             process.wait()
         error = self.assertRaises(

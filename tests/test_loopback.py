@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import random
 from itertools import pairwise
-from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -56,69 +55,68 @@ class LoopbackTests(TestCase):
     def connect(self) -> Deferred[RawClient]:
         return connect(self.port)
 
-    @inlineCallbacks
-    def session(self, seed: int) -> Any:
+    async def session(self, seed: int) -> tuple[bytes, bytes]:
         """One client: its stream in random reads, then half-close."""
         stream, reads = randomStream(seed)
-        client = yield self.connect()
-        yield client.sendInReads(reads)
+        client = await self.connect()
+        await client.sendInReads(reads)
         client.transport.loseWriteConnection()
-        received = yield client.done
+        received = await client.done
         return received, b"*" + referenceReplies(stream)
 
-    @inlineCallbacks
-    def test_many_concurrent_clients_each_get_exactly_their_replies(self) -> Any:
-        results = yield gatherResults([self.session(seed) for seed in range(200)])
+    async def test_many_concurrent_clients_each_get_exactly_their_replies(self) -> None:
+        results = await gatherResults(
+            [Deferred.fromCoroutine(self.session(seed)) for seed in range(200)]
+        )
         for received, expected in results:
             self.assertEqual(received, expected)
 
-    @inlineCallbacks
-    def test_half_close_inside_a_message_still_delivers_every_reply(self) -> Any:
-        client = yield self.connect()
+    async def test_half_close_inside_a_message_still_delivers_every_reply(self) -> None:
+        client = await self.connect()
         client.transport.write(b"^" + b"a" * 300_000)
         client.transport.loseWriteConnection()
-        received = yield client.done
+        received = await client.done
         self.assertEqual(received, b"*" + b"b" * 300_000)
 
-    @inlineCallbacks
-    def test_a_client_reset_mid_message_leaves_the_others_unharmed(self) -> Any:
-        others = [self.session(seed) for seed in range(20)]
-        victim = yield self.connect()
+    async def test_a_client_reset_mid_message_leaves_the_others_unharmed(self) -> None:
+        # Under way before the victim connects, as Deferreds are at once.
+        others = [Deferred.fromCoroutine(self.session(seed)) for seed in range(20)]
+        victim = await self.connect()
         victim.transport.write(b"^abc" * 1000)
         # A reply means the server is inside the victim's message.
-        yield victim.receivedAtLeast(len(b"*bcd"))
+        await victim.receivedAtLeast(len(b"*bcd"))
         victim.transport.abortConnection()
-        results = yield gatherResults(others)
+        results = await gatherResults(others)
         for received, expected in results:
             self.assertEqual(received, expected)
-        yield self.caret.factory.whenIdle()
+        await self.caret.factory.whenIdle()
 
-    @inlineCallbacks
-    def test_stopping_the_service_ends_sessions_after_the_shutdown_timeout(
+    async def test_stopping_the_service_ends_sessions_after_the_shutdown_timeout(
         self,
-    ) -> Any:
+    ) -> None:
         clock = Clock()
         self.caret.clock = clock
-        client = yield self.connect()
+        client = await self.connect()
         client.transport.write(b"^abc")
         # The session is under way, inside a message, when the service stops.
-        yield client.receivedAtLeast(len(b"*bcd"))
+        await client.receivedAtLeast(len(b"*bcd"))
         stopping = self.top.stopService()
         clock.advance(self.caret.shutdownTimeout)
-        yield stopping
-        received = yield client.done
+        await stopping
+        received = await client.done
         self.assertEqual(received, b"*bcd")
         self.top.startService()
 
 
 class BareFactoryTests(TestCase):
-    @inlineCallbacks
-    def test_caret_factory_serves_on_any_endpoint_without_the_service(self) -> Any:
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+    async def test_caret_factory_serves_on_any_endpoint_without_the_service(
+        self,
+    ) -> None:
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             CaretFactory()
         )
         self.addCleanup(port.stopListening)
-        client = yield connect(port)
+        client = await connect(port)
         client.transport.write(b"^abc$")
         client.transport.loseWriteConnection()
-        self.assertEqual((yield client.done), b"*bcd")
+        self.assertEqual(await client.done, b"*bcd")

@@ -6,7 +6,7 @@ service pausing and resuming accepting for it, and the option.
 from __future__ import annotations
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
@@ -159,9 +159,10 @@ class SequentialServerTests(TestCase):
         port = self.caret.ports[0].getHost().port
         self.description = f"tcp:host=127.0.0.1:port={port}"
 
-    @inlineCallbacks
-    def test_clients_wait_in_the_backlog_and_are_greeted_one_at_a_time(self):
-        clients = yield gatherResults(
+    async def test_clients_wait_in_the_backlog_and_are_greeted_one_at_a_time(
+        self,
+    ) -> None:
+        clients = await gatherResults(
             [connect(reactor, self.description) for _ in range(3)]
         )
         greetings: list[CaretClientProtocol] = []
@@ -183,12 +184,12 @@ class SequentialServerTests(TestCase):
                 nextGreeting.append(waiting)
             return waiting
 
-        yield waitForGreetings(1)
+        await waitForGreetings(1)
         # All three are connected as far as their kernel is concerned, so
         # the listening socket was readable whenever the server has since
         # polled; a round trip through the session is such a poll, after
         # which a server that accepted the other two would count them.
-        reply = yield greetings[0].request(b"abc")
+        reply = await greetings[0].request(b"abc")
         self.assertEqual(reply, b"bcd")
         self.assertEqual(len(greetings), 1)
         factory = self.caret.factory
@@ -198,13 +199,13 @@ class SequentialServerTests(TestCase):
 
         for served in range(1, 3):
             current = greetings[-1]
-            reply = yield current.request(b"abc")
+            reply = await current.request(b"abc")
             self.assertEqual(reply, b"bcd")
             self.assertEqual(len(greetings), served)
             current.close()
-            yield current.closed
-            yield waitForGreetings(served + 1)
+            await current.closed
+            await waitForGreetings(served + 1)
         last = greetings[-1]
         last.close()
-        yield last.closed
+        await last.closed
         self.assertEqual(sorted(map(id, greetings)), sorted(map(id, clients)))

@@ -173,6 +173,7 @@ class EndOfSessionTests(SynchronousTestCase):
         protocol, transport, _ = connect()
         protocol.finish()
         protocol.dataReceived(b"^a")
+        self.assertEqual(transport.value(), b"*b")
         self.assertIsNone(transport.producer)
 
 

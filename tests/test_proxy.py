@@ -6,10 +6,7 @@ On a L{StringTransport} first, then over loopback with C{--port haproxy:tcp:0}.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -193,10 +190,9 @@ class EndpointTests(SynchronousTestCase):
 
 
 class LoopbackTests(TestCase):
-    @inlineCallbacks
-    def test_a_proxied_client_is_served_and_logged_as_the_real_client(
+    async def test_a_proxied_client_is_served_and_logged_as_the_real_client(
         self,
-    ) -> Any:
+    ) -> None:
         events = logged(self)
         caret = startCommand(
             self,
@@ -209,14 +205,14 @@ class LoopbackTests(TestCase):
         )
         [port] = portNumbers(caret)
 
-        client = yield connect(port)
+        client = await connect(port)
         client.transport.write(HEADER)
-        self.assertEqual((yield client.receivedAtLeast(1)), b"*")
+        self.assertEqual(await client.receivedAtLeast(1), b"*")
         [session] = caret.factory.sessions
         self.assertEqual(session.peer, "203.0.113.7:4242")
         client.transport.write(b"^abc$de^abte$f")
         client.transport.loseWriteConnection()
-        self.assertEqual((yield client.done), b"*bcdbcuf")
-        yield caret.factory.whenIdle()
+        self.assertEqual(await client.done, b"*bcdbcuf")
+        await caret.factory.whenIdle()
         peers = [e["peer"] for e in events if "peer" in e]
         self.assertEqual(peers, ["203.0.113.7:4242", "203.0.113.7:4242"])

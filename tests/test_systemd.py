@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent
 
 from caretproto.tap import endpointDescription
@@ -30,10 +30,7 @@ def listeningSocket() -> socket.socket:
     return listening
 
 
-@pytest.mark.process
-class SocketActivationTests(TestCase):
-    timeout = 60
-
+class EndpointDescriptionTests(SynchronousTestCase):
     def test_systemd_descriptions_get_no_backlog(self) -> None:
         """
         The listen queue of an inherited socket is systemd's (C{Backlog=}), so
@@ -43,6 +40,11 @@ class SocketActivationTests(TestCase):
             endpointDescription("systemd:domain=INET:index=0", 4096),
             "systemd:domain=INET:index=0",
         )
+
+
+@pytest.mark.process
+class SocketActivationTests(TestCase):
+    timeout = 60
 
     async def test_twistd_serves_the_sockets_it_inherits(self) -> None:
         caret, metrics = listeningSocket(), listeningSocket()

@@ -24,6 +24,7 @@ from twisted.trial.unittest import TestCase
 from caretproto.endpoints import clientEndpoint
 from caretproto.server import CaretFactory
 from caretproto.tap import Options, makeService
+from tests import childEnvironment
 from tests.rawclient import RawClient
 from tests.tempfolder import shortTempPath, tempFolder
 from tests.test_caretclient import repliesIn
@@ -201,7 +202,7 @@ class CaretClientTLSTests(TestCase):
         out, err, status = await getProcessOutputAndValue(
             CLIENT[0],
             [*CLIENT[1:], "--tls", "--ca", certificates.ca, host, port],
-            env=dict(os.environ),
+            env=childEnvironment(),
         )
         self.assertEqual((err, status), (b"", 0), out)
         self.assertIn(b":conn1 disconnecting", out)
@@ -212,7 +213,7 @@ class CaretClientTLSTests(TestCase):
         _, err, status = await getProcessOutputAndValue(
             CLIENT[0],
             [*CLIENT[1:], "--tls", "--ca", missing, "127.0.0.1", "9"],
-            env=dict(os.environ),
+            env=childEnvironment(),
         )
         self.assertEqual(status, 1)
         self.assertIn(f"--ca: cannot read the CA certificate {missing!r}", err.decode())

@@ -12,11 +12,11 @@ C{twistd caret --workers 2}.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.error import ConnectError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -26,7 +26,11 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from caretproto import tap
-from caretproto.proxy import ProxyProtocolFactory, TrustedProxies
+from caretproto.proxy import (
+    ProxyProtocolEndpoint,
+    ProxyProtocolFactory,
+    TrustedProxies,
+)
 from caretproto.server import CaretFactory
 from tests.rawclient import RawClient, connect, portNumbers, startCommand
 from tests.test_proxy import logged
@@ -203,7 +207,16 @@ class OptionTests(SynchronousTestCase):
         self.assertIn(tap.TRUSTED_PROXY_EXAMPLES, message)
 
     def test_a_haproxy_unix_socket_needs_no_trusted_proxies(self) -> None:
-        self.parse("--port", "haproxy:unix:/tmp/caret-proxied.sock")
+        """
+        Accepted without C{--trusted-proxy}, and its peers are trusted all
+        the same: the socket file's permissions are its access control.
+        """
+        options = self.parse("--port", "haproxy:unix:/tmp/caret-proxied.sock")
+        [endpoint] = options["endpoints"]
+        self.assertIsInstance(endpoint, ProxyProtocolEndpoint)
+        self.assertIsInstance(endpoint.wrapped, UNIXServerEndpoint)
+        self.assertEqual(endpoint.trusted.networks, ())
+        self.assertTrue(endpoint.trusted.trusts(UNIXAddress(None)))
 
     def test_trusted_proxies_may_be_repeated(self) -> None:
         options = self.parse(
@@ -241,8 +254,7 @@ class OptionTests(SynchronousTestCase):
 class ForgedHeadersTests(TestCase):
     """Issue 13's experiment, from an untrusted address and a trusted one."""
 
-    @inlineCallbacks
-    def test_forged_headers_from_an_untrusted_address_get_nothing(self) -> Any:
+    async def test_forged_headers_from_an_untrusted_address_get_nothing(self) -> None:
         events = logged(self)
         caret = startCommand(
             self,
@@ -255,13 +267,13 @@ class ForgedHeadersTests(TestCase):
         )
         [port] = portNumbers(caret)
 
-        self.assertEqual((yield attacks(port)), [b""] * 5)
+        self.assertEqual(await attacks(port), [b""] * 5)
 
-        client: RawClient = yield connect(port)
+        client: RawClient = await connect(port)
         client.transport.write(b"PROXY TCP4 198.51.100.7 127.0.0.1 4242 9090\r\n^a$")
         client.transport.loseWriteConnection()
-        self.assertEqual((yield client.done), b"*b")
-        yield caret.factory.whenIdle()
+        self.assertEqual(await client.done, b"*b")
+        await caret.factory.whenIdle()
 
         text = "\n".join(formatEvent(e) for e in events)
         self.assertNotIn("203.0.113", text)
@@ -273,10 +285,9 @@ class ForgedHeadersTests(TestCase):
 class WorkersTests(TestCase):
     timeout = 60
 
-    @inlineCallbacks
-    def test_workers_close_untrusted_connections_and_serve_trusted_ones(
+    async def test_workers_close_untrusted_connections_and_serve_trusted_ones(
         self,
-    ) -> Any:
+    ) -> None:
         server = Twistd.start(
             self,
             "caret",
@@ -289,22 +300,22 @@ class WorkersTests(TestCase):
             "--max-per-peer",
             "1",
         )
-        [address] = yield server.listening
+        [address] = await server.listening
         port = int(address.rsplit(":", 1)[1])
-        yield server.logged(r"\[worker \d+ .*caret listening on", 2)
+        await server.logged(r"\[worker \d+ .*caret listening on", 2)
 
-        self.assertEqual((yield attacks(port)), [b""] * 5)
+        self.assertEqual(await attacks(port), [b""] * 5)
 
-        clients = yield gatherResults([connect(port) for _ in range(4)])
+        clients = await gatherResults([connect(port) for _ in range(4)])
         for number, client in enumerate(clients):
             client.transport.write(
                 f"PROXY TCP4 198.51.100.{number} 127.0.0.1 4242 9090\r\n^a$".encode()
             )
             client.transport.loseWriteConnection()
-        replies = yield gatherResults([c.done for c in clients])
+        replies = await gatherResults([c.done for c in clients])
         self.assertEqual(replies, [b"*b"] * 4)
-        yield server.logged(r"198\.51\.100\.\d:4242 disconnected", 4)
-        yield server.logged(rf"{UNTRUSTED} is not a trusted proxy")
+        await server.logged(r"198\.51\.100\.\d:4242 disconnected", 4)
+        await server.logged(rf"{UNTRUSTED} is not a trusted proxy")
         self.assertNotIn("203.0.113", server.output)
         # Each worker that saw the attack logged it once, not once a connection.
         self.assertLessEqual(server.count(rf"{UNTRUSTED} is not a trusted proxy"), 2)

@@ -9,11 +9,9 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
@@ -39,24 +37,23 @@ REPO = Path(__file__).resolve().parent.parent
 class TwistdCaretTests(TestCase):
     timeout = 30
 
-    @inlineCallbacks
-    def test_worked_example_against_twistd_caret_then_sigterm(self) -> Any:
+    async def test_worked_example_against_twistd_caret_then_sigterm(self) -> None:
         twistd = Twistd.start(self, "caret", "--port", LOOPBACK)
-        [address] = yield twistd.listening
-        client = yield connect(f"tcp:{address}")
-        yield client.receivedAtLeast(1)
+        [address] = await twistd.listening
+        client = await connect(f"tcp:{address}")
+        await client.receivedAtLeast(1)
         total = 1
         for sent, answered in WORKED_EXAMPLE:
             client.transport.write(sent)
             total += len(answered)
-            yield client.receivedAtLeast(total)
+            await client.receivedAtLeast(total)
         client.transport.loseWriteConnection()
-        received = yield client.done
+        received = await client.done
         self.assertEqual(received, WORKED_EXAMPLE_ANSWER)
 
         twistd.signal(signal.SIGTERM)
         # twistd shuts down cleanly, then ends by the signal that stopped it.
-        self.assertEqual((yield twistd.ended), -signal.SIGTERM)
+        self.assertEqual(await twistd.ended, -signal.SIGTERM)
         log = twistd.output
         self.assertIn("Server Shut Down.", log)
         self.assertRegex(log, r"127\.0\.0\.1:\d+ connected")
@@ -66,8 +63,7 @@ class TwistdCaretTests(TestCase):
             r"15 bytes out, 4 messages",
         )
 
-    @inlineCallbacks
-    def test_listens_on_every_port_given(self) -> Any:
+    async def test_listens_on_every_port_given(self) -> None:
         socket = shortTempPath(self, "caret.sock")
         twistd = Twistd.start(
             self,
@@ -77,14 +73,13 @@ class TwistdCaretTests(TestCase):
             "--port",
             f"unix:{socket}",
         )
-        yield twistd.listening
+        await twistd.listening
         for description in [f"unix:{socket}"]:
-            client = yield connect(description)
-            self.assertEqual((yield client.receivedAtLeast(1)), b"*")
+            client = await connect(description)
+            self.assertEqual(await client.receivedAtLeast(1), b"*")
             client.transport.loseConnection()
 
-    @inlineCallbacks
-    def test_twist_caret_serves_too(self) -> Any:
+    async def test_twist_caret_serves_too(self) -> None:
         twistd = Twistd.start(
             self,
             "caret",
@@ -92,27 +87,25 @@ class TwistdCaretTests(TestCase):
             LOOPBACK,
             runner=[TWIST, "--log-format", "text"],
         )
-        [address] = yield twistd.listening
-        client = yield connect(f"tcp:{address}")
+        [address] = await twistd.listening
+        client = await connect(f"tcp:{address}")
         client.transport.write(b"^\xff^$")
-        self.assertEqual((yield client.receivedAtLeast(3)), b"*\x00_")
+        self.assertEqual(await client.receivedAtLeast(3), b"*\x00_")
         client.transport.loseConnection()
 
-    @inlineCallbacks
-    def test_a_bad_option_is_a_usage_error_not_a_traceback(self) -> Any:
+    async def test_a_bad_option_is_a_usage_error_not_a_traceback(self) -> None:
         twistd = Twistd.start(self, "caret", "--port", "tcp:notaport")
-        yield self.assertFailure(twistd.listening, AssertionError)
-        self.assertNotEqual((yield twistd.ended), 0)
+        await self.assertFailure(twistd.listening, AssertionError)
+        self.assertNotEqual(await twistd.ended, 0)
         log = twistd.output
         self.assertIn("--port 'tcp:notaport'", log)
         self.assertNotIn("Traceback", log)
 
-    @inlineCallbacks
-    def test_a_bad_option_value_is_one_line_and_a_pointer_to_help(self) -> Any:
+    async def test_a_bad_option_value_is_one_line_and_a_pointer_to_help(self) -> None:
         for runner in (None, [TWIST]):
             twistd = Twistd.start(self, "caret", "--idle-timeout", "0", runner=runner)
-            yield self.assertFailure(twistd.listening, AssertionError)
-            self.assertNotEqual((yield twistd.ended), 0)
+            await self.assertFailure(twistd.listening, AssertionError)
+            self.assertNotEqual(await twistd.ended, 0)
             lines = twistd.output.splitlines()
             self.assertLessEqual(len(lines), 3, twistd.output)
             self.assertIn("--idle-timeout takes a positive number or off", lines[0])
@@ -126,11 +119,10 @@ QUICK_SCRIPT = [(data, 0.05) for data, _ in REFERENCE_SCRIPT]
 class WorkersTests(TestCase):
     timeout = 120
 
-    @inlineCallbacks
-    def sessions(self, address: str, count: int) -> Any:
+    async def sessions(self, address: str, count: int) -> None:
         """The reference session, its pauses shortened, C{count} at once."""
         host, port = address.rsplit(":", 1)
-        report = yield runSessions(
+        report = await runSessions(
             reactor,
             TCP4ClientEndpoint(reactor, host, int(port)),
             count,
@@ -140,19 +132,18 @@ class WorkersTests(TestCase):
         )
         self.assertIsNone(report.summary())
 
-    @inlineCallbacks
-    def test_workers_serve_together_are_replaced_and_drain_on_sigterm(
+    async def test_workers_serve_together_are_replaced_and_drain_on_sigterm(
         self,
-    ) -> Any:
+    ) -> None:
         twistd = Twistd.start(self, "caret", "--workers", "2", "--port", LOOPBACK)
-        address = (yield twistd.listening)[0]
-        pids = {match[2] for match in (yield twistd.logged(WORKER_LISTENING, 2))}
+        address = (await twistd.listening)[0]
+        pids = {match[2] for match in (await twistd.logged(WORKER_LISTENING, 2))}
         self.assertEqual(len(pids), 2)
 
         # Which worker accepts is up to the kernel: enough sessions and both
         # have served.
         for _ in range(5):
-            yield self.sessions(address, 20)
+            await self.sessions(address, 20)
             served = set(re.findall(WORKER_SERVED, twistd.output))
             if served == pids:
                 break
@@ -160,37 +151,36 @@ class WorkersTests(TestCase):
 
         victim = min(pids)
         os.kill(int(victim), signal.SIGKILL)
-        yield twistd.logged(
+        await twistd.logged(
             rf"worker \d \(pid {victim}\) died after [\d.]+s: SIGKILL; starting another"
         )
-        listening = yield twistd.logged(WORKER_LISTENING, 3)
+        listening = await twistd.logged(WORKER_LISTENING, 3)
         [replacement] = {match[2] for match in listening} - pids
         self.assertNotEqual(replacement, victim)
-        yield self.sessions(address, 20)
+        await self.sessions(address, 20)
 
         # A session in progress goes on through the drain, and ends as its
         # client ends it.
-        client = yield connect(f"tcp:{address}")
+        client = await connect(f"tcp:{address}")
         client.transport.write(b"^abc")
-        yield client.receivedAtLeast(4)
+        await client.receivedAtLeast(4)
         twistd.signal(signal.SIGTERM)
-        yield twistd.logged(r"sessions in progress: 1, given up to 10.0s to end")
+        await twistd.logged(r"sessions in progress: 1, given up to 10.0s to end")
         client.transport.write(b"de$^f")
-        yield client.receivedAtLeast(7)
+        await client.receivedAtLeast(7)
         client.transport.loseWriteConnection()
-        self.assertEqual((yield client.done), b"*bcdefg")
-        self.assertEqual((yield twistd.ended), -signal.SIGTERM)
+        self.assertEqual(await client.done, b"*bcdefg")
+        self.assertEqual(await twistd.ended, -signal.SIGTERM)
         log = twistd.output
         self.assertRegex(log, r"worker 1 \(pid \d+\) ended: SIGTERM")
         self.assertRegex(log, r"worker 2 \(pid \d+\) ended: SIGTERM")
         self.assertIn("Server Shut Down.", log)
         self.assertNotIn("Traceback", log)
 
-    @inlineCallbacks
-    def test_workers_on_a_port_they_cannot_share_is_a_usage_error(self) -> Any:
+    async def test_workers_on_a_port_they_cannot_share_is_a_usage_error(self) -> None:
         twistd = Twistd.start(self, "caret", "--workers", "2", "--port", "stdio:")
-        yield self.assertFailure(twistd.listening, AssertionError)
-        self.assertNotEqual((yield twistd.ended), 0)
+        await self.assertFailure(twistd.listening, AssertionError)
+        self.assertNotEqual(await twistd.ended, 0)
         log = twistd.output
         self.assertIn("--port 'stdio:' cannot be shared by --workers", log)
         self.assertNotIn("Traceback", log)
@@ -200,8 +190,7 @@ class WorkersTests(TestCase):
 class TacTests(TestCase):
     timeout = 30
 
-    @inlineCallbacks
-    def test_the_example_tac_serves_caret_beside_a_web_site(self) -> Any:
+    async def test_the_example_tac_serves_caret_beside_a_web_site(self) -> None:
         tac = Path(shortTempPath(self, "example.tac"))
         web = shortTempPath(self, "web.sock")
         text = (REPO / "examples" / "caret-and-web.tac").read_text()
@@ -226,11 +215,11 @@ class TacTests(TestCase):
             ],
         )
         twistd = Twistd.start(self, *command[1:-1], str(tac), runner=[TWISTD])
-        [address] = yield twistd.listening
-        caret = yield connect(f"tcp:{address}")
-        self.assertEqual((yield caret.receivedAtLeast(1)), b"*")
+        [address] = await twistd.listening
+        caret = await connect(f"tcp:{address}")
+        self.assertEqual(await caret.receivedAtLeast(1), b"*")
         caret.transport.loseConnection()
-        http = yield connect(f"unix:{web}")
+        http = await connect(f"unix:{web}")
         http.transport.write(b"GET / HTTP/1.0\r\n\r\n")
-        page = yield http.done
+        page = await http.done
         self.assertIn(b"caret is on port 9090", page)

@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 
 import twisted.test
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
@@ -25,6 +24,7 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
@@ -394,67 +394,61 @@ class InheritedEndpointTests(TestCase):
     def parentTCP(self) -> Parent:
         return Parent(self, reactor.listenTCP(0, Factory(), interface="127.0.0.1"))
 
-    @inlineCallbacks
-    def listen(
+    async def listen(
         self,
         description: str,
         parent: Parent,
         factory: Factory | None = None,
         trusted: TrustedProxies | None = None,
-    ) -> Any:
+    ) -> IListeningPort:
         endpoint = inheritedEndpoint(reactor, description, parent.fd, 50, trusted)
-        port = yield endpoint.listen(factory or CaretFactory())
+        port = await endpoint.listen(factory or CaretFactory())
         self.addCleanup(port.stopListening)
         return port
 
-    @inlineCallbacks
-    def test_a_worker_serves_on_the_tcp_socket_its_parent_bound(self) -> Any:
+    async def test_a_worker_serves_on_the_tcp_socket_its_parent_bound(self) -> None:
         parent = self.parentTCP()
-        yield self.listen("tcp:1:interface=127.0.0.1", parent)
-        client = yield connect(parent.port)
+        await self.listen("tcp:1:interface=127.0.0.1", parent)
+        client = await connect(parent.port)
         client.transport.write(b"^abc$")
         client.transport.loseWriteConnection()
-        self.assertEqual((yield client.done), b"*bcd")
+        self.assertEqual(await client.done, b"*bcd")
 
-    @inlineCallbacks
-    def test_a_worker_stopping_leaves_the_shared_socket_listening(self) -> Any:
+    async def test_a_worker_stopping_leaves_the_shared_socket_listening(self) -> None:
         parent = self.parentTCP()
-        port = yield self.listen("tcp:1", parent)
-        yield port.stopListening()
+        port = await self.listen("tcp:1", parent)
+        await port.stopListening()
         # Another worker (here, a second adoption of the parent's socket)
         # still serves on it.
         parent.fd = os.dup(parent.port.fileno())
-        yield self.listen("tcp:1", parent)
-        client = yield connect(parent.port)
-        self.assertEqual((yield client.receivedAtLeast(1)), b"*")
+        await self.listen("tcp:1", parent)
+        client = await connect(parent.port)
+        self.assertEqual(await client.receivedAtLeast(1), b"*")
         client.transport.loseConnection()
 
-    @inlineCallbacks
-    def test_a_systemd_socket_is_taken_over_without_systemds_environment(
+    async def test_a_systemd_socket_is_taken_over_without_systemds_environment(
         self,
-    ) -> Any:
+    ) -> None:
         parent = self.parentTCP()
-        yield self.listen("systemd:domain=INET:index=0", parent)
-        client = yield connect(parent.port)
-        self.assertEqual((yield client.receivedAtLeast(1)), b"*")
+        await self.listen("systemd:domain=INET:index=0", parent)
+        client = await connect(parent.port)
+        self.assertEqual(await client.receivedAtLeast(1), b"*")
         client.transport.loseConnection()
 
-    @inlineCallbacks
-    def test_haproxy_puts_the_proxy_protocol_in_front_in_a_worker_too(
+    async def test_haproxy_puts_the_proxy_protocol_in_front_in_a_worker_too(
         self,
-    ) -> Any:
+    ) -> None:
         parent = self.parentTCP()
         trusted = TrustedProxies.fromStrings(["127.0.0.1"])
-        yield self.listen("haproxy:tcp:1", parent, trusted=trusted)
-        client = yield connect(parent.port)
+        await self.listen("haproxy:tcp:1", parent, trusted=trusted)
+        client = await connect(parent.port)
         client.transport.write(b"PROXY TCP4 203.0.113.7 10.0.0.9 4242 9090\r\n^a$")
         client.transport.loseWriteConnection()
-        self.assertEqual((yield client.done), b"*b")
+        self.assertEqual(await client.done, b"*b")
 
-    @inlineCallbacks
-    def test_ssl_puts_tls_in_front_in_a_worker_too(self) -> Any:
+    async def test_ssl_puts_tls_in_front_in_a_worker_too(self) -> None:
         parent = self.parentTCP()
-        port = yield self.listen(
+        port = await self.listen(
             f"ssl:1:privateKey={SERVER_PEM}", parent, Factory.forProtocol(Echo)
         )
         self.assertIsInstance(port.factory, TLSMemoryBIOFactory)
@@ -462,51 +456,49 @@ class InheritedEndpointTests(TestCase):
             CertificateOptions(),
             TCP4ClientEndpoint(reactor, "127.0.0.1", parent.port.getHost().port),
         )
-        client = yield connectProtocol(endpoint, RawClient())
+        client = await connectProtocol(endpoint, RawClient())
         client.transport.write(b"over TLS")
-        self.assertEqual((yield client.receivedAtLeast(8)), b"over TLS")
+        self.assertEqual(await client.receivedAtLeast(8), b"over TLS")
         client.transport.loseConnection()
-        yield client.done
+        await client.done
 
-    @inlineCallbacks
-    def test_a_unix_socket_keeps_its_mode_and_file_when_a_worker_stops(
+    async def test_a_unix_socket_keeps_its_mode_and_file_when_a_worker_stops(
         self,
-    ) -> Any:
+    ) -> None:
         path = shortTempPath(self, "c.sock")
-        listening = yield UNIXServerEndpoint(reactor, path, mode=0o600).listen(
+        listening = await UNIXServerEndpoint(reactor, path, mode=0o600).listen(
             Factory.forProtocol(Protocol)
         )
         parent = Parent(self, listening)
-        port = yield self.listen(f"unix:{path}:mode=600", parent)
+        port = await self.listen(f"unix:{path}:mode=600", parent)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
-        client = yield connect(f"unix:{path}")
-        self.assertEqual((yield client.receivedAtLeast(1)), b"*")
+        client = await connect(f"unix:{path}")
+        self.assertEqual(await client.receivedAtLeast(1), b"*")
         client.transport.loseConnection()
-        yield port.stopListening()
+        await port.stopListening()
         self.assertTrue(os.path.exists(path))
         parent.fd = os.dup(parent.port.fileno())
-        yield self.listen(f"unix:{path}", parent)
-        client = yield connect(f"unix:{path}")
-        self.assertEqual((yield client.receivedAtLeast(1)), b"*")
+        await self.listen(f"unix:{path}", parent)
+        client = await connect(f"unix:{path}")
+        self.assertEqual(await client.receivedAtLeast(1), b"*")
         client.transport.loseConnection()
 
 
 class SharedListeningTests(TestCase):
-    @inlineCallbacks
-    def test_a_parent_that_stops_listening_leaves_its_workers_accepting(
+    async def test_a_parent_that_stops_listening_leaves_its_workers_accepting(
         self,
-    ) -> Any:
+    ) -> None:
         parent = CaretService([TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")])
         parent.startService()
         parent.pauseAccepting("the workers accept")
         address = parent.ports[0].getHost()
         [fd] = parent.shareListening()
         endpoint = inheritedEndpoint(reactor, "tcp:1", os.dup(fd), 50)
-        worker = yield endpoint.listen(CaretFactory())
+        worker = await endpoint.listen(CaretFactory())
         self.addCleanup(worker.stopListening)
-        yield parent.stopService()
-        client = yield connect(f"tcp:127.0.0.1:{address.port}")
-        self.assertEqual((yield client.receivedAtLeast(1)), b"*")
+        await parent.stopService()
+        client = await connect(f"tcp:127.0.0.1:{address.port}")
+        self.assertEqual(await client.receivedAtLeast(1), b"*")
         client.transport.loseConnection()
 
 

@@ -4,23 +4,31 @@ turn it is made when nothing waits before it; the rest goes through Twisted's
 own buffer, so order, flow control and errors stay Twisted's.
 
 Most tests run a session on a real L{twisted.internet.tcp.Server} whose
-socket and reactor are fakes that record what is sent and what is registered;
-one uses real sockets, for a reset the kernel reports.
+socket and reactor are fakes that record what is sent and what is registered.
+The rest use real loopback connections in this process, for what only a
+kernel shows: a socket that has room again while Twisted still holds the rest
+of an earlier write, the fast path coming back once Twisted's buffer has
+drained, TLS started on a connection, caret's own PROXY-protocol wrapper, and
+a reset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import select
 import socket
 import struct
+import time
 from typing import Any
 
-from twisted.internet import tcp, unix
+import trustme
+from twisted.internet import reactor, ssl, tcp, unix
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.testing import StringTransport
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -28,11 +36,19 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from caretproto.proxy import _HeaderFirst
 from caretproto.rules import GREETING
 from caretproto.server import CaretFactory, CaretProtocol
 from caretproto.writenow import socketTransport, writeNow
 from tests.fakes import clockedFactory
-from tests.rawclient import connect, serve, settle
+from tests.rawclient import (
+    RawClient,
+    connect,
+    portNumbers,
+    serve,
+    settle,
+    startCommand,
+)
 
 
 class FakeSocket:
@@ -201,6 +217,18 @@ class WriteNowTests(TestCase):
         self.assertEqual(fake.sent, [GREETING])
         self.assertEqual(transport._tempDataBuffer, [b"late"])
 
+    def test_after_abortConnection_nothing_more_is_sent(self) -> None:
+        """
+        Abort drops what is buffered and sets none of C{disconnecting} or
+        the write flags: a reply made after it (a client's C{abort()} then
+        C{send()}) goes nowhere, as Twisted's own C{write} would have it.
+        """
+        session, transport, fake, _ = sessionOnSocket()
+        transport.abortConnection()
+        writeNow(transport, b"late")
+        session.dataReceived(b"^abc")
+        self.assertEqual(fake.sent, [GREETING])
+
 
 class WhichTransportsTests(TestCase):
     """
@@ -248,6 +276,7 @@ class WhichTransportsTests(TestCase):
         for name in (
             "connected",
             "disconnecting",
+            "_aborting",
             "_writeDisconnecting",
             "_writeDisconnected",
             "_tempDataLen",
@@ -340,3 +369,192 @@ class LingeringCloseTests(TestCase):
             session.dataReceived(b"^more")
         self.assertEqual(session.lostCount, 0)
         self.assertTrue(transport._aborting)
+
+
+class Accepted(Protocol):
+    """The server's side of a loopback connection: takes nothing, says nothing."""
+
+    factory: AcceptingFactory
+
+    def __init__(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.factory.accepted.callback(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
+class AcceptingFactory(Factory):
+    """Accepts one connection, and says so."""
+
+    protocol = Accepted
+
+    def __init__(self) -> None:
+        self.accepted: Deferred[Accepted] = Deferred()
+
+
+async def loopbackPair(case: TestCase) -> tuple[tcp.Server, RawClient]:
+    """
+    A real TCP connection on loopback: the server's transport, for the test
+    to write to, and a L{RawClient} that keeps what it receives.  Both ends
+    are gone when C{case} ends.
+    """
+    factory = AcceptingFactory()
+    port = await serve(case, factory)  # type: ignore[arg-type]
+    client = await connect(port)
+    server = await factory.accepted
+    transport = server.transport
+    assert isinstance(transport, tcp.Server)
+
+    async def close() -> None:
+        transport.abortConnection()
+        client.transport.abortConnection()  # type: ignore[union-attr]
+        await server.lost
+        await client.done
+
+    case.addCleanup(close)
+    return transport, client
+
+
+def readUntilThereIsRoom(reader: socket.socket, writer: socket.socket) -> bytes:
+    """
+    Read from C{reader} until the kernel says C{writer}, its peer, may send
+    again, and return what was read.  The reactor does not run meanwhile, so
+    Twisted's buffer for C{writer} stays as it is.
+    """
+    received = bytearray()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(BlockingIOError):
+            received += reader.recv(1 << 16)
+        _, writable, _ = select.select([], [writer], [], 0.05)
+        if writable:
+            return bytes(received)
+    raise AssertionError("the socket never had room again")
+
+
+class RealSocketTests(TestCase):
+    """
+    L{writeNow} on real loopback connections: what the fakes above cannot
+    show, because only a kernel decides when a socket has room.
+    """
+
+    async def test_a_socket_with_room_again_does_not_let_a_reply_jump_the_queue(
+        self,
+    ) -> None:
+        """
+        After a partial send Twisted holds the rest (in C{_tempDataBuffer},
+        not C{dataBuffer}) until the reactor says the socket is writable.  If
+        the client reads in between, the socket has room again when the next
+        reply is made: that reply must still go after the rest.  (A client
+        got C{*bcghdef} for C{*bcdefgh} when it did not.)
+        """
+        transport, client = await loopbackPair(self)
+        clientSocket = client.transport.getHandle()  # type: ignore[union-attr]
+        # The test reads for the client, in this reactor turn.
+        client.transport.stopReading()  # type: ignore[union-attr]
+        clientSocket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        first, second = b"d" * (1 << 16), b"g" * 16
+
+        writeNow(transport, first)
+        self.assertIn(transport, reactor.getWriters())  # type: ignore[attr-defined]
+        readFirst = readUntilThereIsRoom(clientSocket, transport.socket)
+        writeNow(transport, second)
+
+        # The rest at loopback speed, not a small window's.
+        clientSocket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        client.transport.startReading()  # type: ignore[union-attr]
+        rest = await client.receivedAtLeast(len(first) + len(second) - len(readFirst))
+        received = readFirst + rest
+        # Lengths and where the second reply starts, not a 64 KiB diff.
+        self.assertEqual(
+            (len(received), received.find(second)),
+            (len(first) + len(second), len(first)),
+        )
+
+    async def test_the_fast_path_comes_back_once_the_buffer_has_drained(
+        self,
+    ) -> None:
+        """
+        Once Twisted has sent all it held, a reply goes straight to the
+        socket again: nothing held, nothing registered for writing.
+        """
+        transport, client = await loopbackPair(self)
+        clientSocket = client.transport.getHandle()  # type: ignore[union-attr]
+        clientSocket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        first = b"d" * (1 << 16)
+        writeNow(transport, first)
+        self.assertIn(transport, reactor.getWriters())  # type: ignore[attr-defined]
+        clientSocket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        await client.receivedAtLeast(len(first))
+        self.assertNotIn(transport, reactor.getWriters())  # type: ignore[attr-defined]
+
+        writeNow(transport, b"again")
+        # Handed to the kernel in this turn: nothing held, nothing registered.
+        self.assertNotIn(transport, reactor.getWriters())  # type: ignore[attr-defined]
+        self.assertEqual((transport._tempDataLen, transport.dataBuffer), (0, b""))
+        self.assertEqual(await client.receivedAtLeast(len(first) + 5), first + b"again")
+
+    async def test_tls_started_on_the_connection_keeps_replies_off_the_socket(
+        self,
+    ) -> None:
+        """
+        C{startTLS} sets C{TLS} on the connection: from then on a reply goes
+        through OpenSSL, so a TLS client reads it.  Sent straight to the
+        socket, it would arrive in the clear and break the handshake.
+        """
+        transport, client = await loopbackPair(self)
+        authority = trustme.CA()
+        issued = authority.issue_cert("127.0.0.1")
+        serverOptions = ssl.PrivateCertificate.loadPEM(
+            issued.private_key_and_cert_chain_pem.bytes()
+        ).options()
+        trusted = ssl.Certificate.loadPEM(authority.cert_pem.bytes())
+        clientOptions = ssl.optionsForClientTLS("127.0.0.1", trustRoot=trusted)
+
+        transport.startTLS(serverOptions)
+        client.transport.startTLS(clientOptions)  # type: ignore[union-attr]
+        self.assertTrue(transport.TLS)
+        self.assertIsNone(socketTransport(transport))
+        writeNow(transport, b"over TLS")
+        self.assertEqual(await client.receivedAtLeast(8), b"over TLS")
+
+    async def test_caret_s_proxy_protocol_wrapper_is_walked_to_the_socket(
+        self,
+    ) -> None:
+        """
+        A session behind C{haproxy:} writes to caret's own wrapper, which
+        only forwards: its replies still go straight to the socket.
+        """
+        caret = startCommand(
+            self,
+            "--port",
+            "haproxy:tcp:0:interface=127.0.0.1",
+            "--trusted-proxy",
+            "127.0.0.1",
+        )
+        [port] = portNumbers(caret)
+        client = await connect(port)
+        client.transport.write(b"PROXY TCP4 203.0.113.7 10.0.0.9 4242 9090\r\n")  # type: ignore[union-attr]
+        await client.receivedAtLeast(len(GREETING))
+        [session] = caret.factory.sessions
+        wrapper = session.transport
+        self.assertIsInstance(wrapper, _HeaderFirst)
+        connection = wrapper.transport  # type: ignore[union-attr]
+        self.assertIsInstance(connection, tcp.Server)
+        self.assertIs(socketTransport(wrapper), connection)
+
+        writeNow(wrapper, b"direct")  # type: ignore[arg-type]
+        self.assertNotIn(connection, reactor.getWriters())  # type: ignore[attr-defined]
+        self.assertEqual(connection._tempDataLen, 0)
+        self.assertEqual(
+            await client.receivedAtLeast(len(GREETING) + 6), GREETING + b"direct"
+        )
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await client.done
+        await caret.factory.whenIdle()

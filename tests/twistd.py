@@ -10,7 +10,6 @@ L{tests.rawclient.serve} or L{caretproto.tap.makeService}.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sys
@@ -26,6 +25,7 @@ from caretproto.listening import listeningIn
 from caretproto.processlines import LineProcessProtocol
 from caretproto.rules import GREETING
 from caretproto.service import LISTENING
+from tests import childEnvironment
 from tests.rawclient import connect
 from tests.tempfolder import tempFolder
 
@@ -184,7 +184,8 @@ class Twistd(LineProcessProtocol):
     ) -> Twistd:
         """
         Start C{twistd -n} (or C{runner}) with C{argv}, in C{env} (default:
-        this process's environment), with C{childFDs} as for
+        this process's environment) with the C{caretproto} under test first
+        on its C{PYTHONPATH} (L{tests.childEnvironment}), with C{childFDs} as for
         C{spawnProcess} (default: standard input, output and error), and the
         open-files limit C{openFiles} (soft, hard) if given.  It runs in a
         temporary folder, so that nothing it writes lands in the repository,
@@ -199,7 +200,7 @@ class Twistd(LineProcessProtocol):
             process,
             command[0],
             command,
-            env=dict(os.environ) if env is None else env,
+            env=childEnvironment(env),
             path=tempFolder(testCase),
             childFDs=childFDs,
         )
