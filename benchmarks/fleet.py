@@ -71,13 +71,14 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import ConnectError, ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater, react
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from caretproto.listening import listeningIn
+from caretproto.processlines import LineProcessProtocol
 from caretproto.reference import REFERENCE_SCRIPT
 from caretproto.referenceclient import runSession
 from caretproto.service import LISTENING
@@ -163,7 +164,7 @@ async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds)  # type: ignore[arg-type]
 
 
-class Program(ProcessProtocol):
+class Program(LineProcessProtocol):
     """
     A child process in a session of its own, its output kept line by line.
 
@@ -171,12 +172,10 @@ class Program(ProcessProtocol):
     """
 
     def __init__(self, name: str, argv: Sequence[str], folder: Path) -> None:
+        super().__init__()
         self.name = name
         self.lines: list[str] = []
         self.ended: Deferred[int] = Deferred()
-        # By descriptor: a line on standard error may come between two
-        # halves of one on standard output.
-        self._partial: dict[int, bytes] = {}
         self._waiting: list[tuple[re.Pattern[str], Deferred[re.Match[str]]]] = []
         self.log = open(folder / f"{name}.log", "a")
         argv = [sys.executable, "-c", _NEW_SESSION, *argv]
@@ -194,20 +193,16 @@ class Program(ProcessProtocol):
         self.signal(signal.SIGKILL)
         return self.ended
 
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        text = self._partial.get(childFD, b"") + data
-        *lines, self._partial[childFD] = text.split(b"\n")
-        for raw in lines:
-            line = raw.decode("utf-8", "replace")
-            self.lines.append(line)
-            self.log.write(line + "\n")
-            waiting, self._waiting = self._waiting, []
-            for pattern, waiter in waiting:
-                match = pattern.search(line)
-                if match:
-                    waiter.callback(match)
-                else:
-                    self._waiting.append((pattern, waiter))
+    def lineReceived(self, childFD: int, line: str) -> None:
+        self.lines.append(line)
+        self.log.write(line + "\n")
+        waiting, self._waiting = self._waiting, []
+        for pattern, waiter in waiting:
+            match = pattern.search(line)
+            if match:
+                waiter.callback(match)
+            else:
+                self._waiting.append((pattern, waiter))
 
     def waitFor(self, pattern: str) -> Deferred[re.Match[str]]:
         """Fires with the match of the next line that matches C{pattern}."""
