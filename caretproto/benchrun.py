@@ -4,8 +4,8 @@ The C{caret-bench} command: options, spreading the load over processes,
 the live display and the report.
 
 C{caret-bench HOST PORT --mode rr -c 100 --processes 2 --json} runs two
-worker processes (this module again, C{python -m caretproto.benchrun
---worker PARAMS}, in the same environment), each a L{caretproto.bench.Load}
+load processes (this module again, C{python -m caretproto.benchrun
+--load-process PARAMS}, in the same environment), each a L{caretproto.bench.Load}
 with half the connections; all start measuring together, and their tallies
 are merged into one report.  The load itself, and the checking of every
 reply byte, is L{caretproto.bench}; where the server is, and how the options
@@ -38,11 +38,11 @@ from caretproto.processlines import LineProcessProtocol
 
 PROGRAM = "caret-bench"
 
-WORKER = "--worker"
-"""The first argument of a worker process, followed by its L{Params} as JSON."""
+LOAD_PROCESS = "--load-process"
+"""The first argument of a load process, followed by its L{Params} as JSON."""
 
 PROGRESS_INTERVAL = 0.5
-"""Seconds between updates of the live display and worker progress."""
+"""Seconds between updates of the live display and load process progress."""
 
 
 @dataclass(frozen=True)
@@ -330,9 +330,9 @@ class LocalShare(Share):
         return self.load.progress()
 
 
-class WorkerShare(Share, LineProcessProtocol):
+class ProcessShare(Share, LineProcessProtocol):
     """
-    A load run by a worker process (C{caret-bench --worker PARAMS}), which
+    A load run by a load process (C{caret-bench --load-process PARAMS}), which
     reports by JSON lines on its stdout and starts on C{go} on its stdin.
     """
 
@@ -343,12 +343,12 @@ class WorkerShare(Share, LineProcessProtocol):
         self._ready: Deferred[None] = Deferred()
         self._done: Deferred[Tally] = Deferred()
         self._progress: dict[str, Any] = {}
-        # The worker is this module run as "python -m", in this process's
+        # The load process is this module run as "python -m", in this process's
         # environment, as the command's user would run it.
         reactor.spawnProcess(
             self,
             sys.executable,
-            workerCommand(params),
+            loadProcessCommand(params),
             env=os.environ,
         )
 
@@ -365,7 +365,7 @@ class WorkerShare(Share, LineProcessProtocol):
 
     def lineReceived(self, childFD: int, line: str) -> None:
         if childFD != 1:
-            # The worker's own errors, for the person running the command.
+            # The load process's own errors, for the person running the command.
             print(line, file=sys.stderr, flush=True)
             return
         news = json.loads(line)
@@ -384,24 +384,24 @@ class WorkerShare(Share, LineProcessProtocol):
                 Tally(
                     errors=self.connections,
                     connections=self.connections,
-                    errorSamples=[f"worker process ended: {reason.getErrorMessage()}"],
+                    errorSamples=[f"load process ended: {reason.getErrorMessage()}"],
                 )
             )
 
 
-def workerCommand(params: Params) -> list[str]:
-    """The command line of a worker process that runs C{params}."""
+def loadProcessCommand(params: Params) -> list[str]:
+    """The command line of a load process that runs C{params}."""
     return [
         sys.executable,
         "-m",
         "caretproto.benchrun",
-        WORKER,
+        LOAD_PROCESS,
         json.dumps(asdict(params)),
     ]
 
 
-class _WorkerControl(LineOnlyReceiver):
-    """A worker's side of the conversation with the runner, on stdio."""
+class _LoadProcessControl(LineOnlyReceiver):
+    """A load process's side of the conversation with the runner, on stdio."""
 
     delimiter = b"\n"
 
@@ -421,11 +421,11 @@ class _WorkerControl(LineOnlyReceiver):
             self.closed.callback(None)
 
 
-async def worker(reactor: Any, params: Params) -> None:
-    """Run one share as a worker process, under a runner's control."""
+async def runLoadProcess(reactor: Any, params: Params) -> None:
+    """Run one share as a load process, under a runner's control."""
     from twisted.internet.stdio import StandardIO
 
-    control = _WorkerControl()
+    control = _LoadProcessControl()
     StandardIO(control, reactor=reactor)
     finished = False
 
@@ -502,14 +502,14 @@ class LiveDisplay(Display):
 
 async def run(reactor: Any, params: Params, display: Display | None = None) -> Tally:
     """
-    Run C{params}: in this process, or in C{params.processes} workers that
+    Run C{params}: in this process, or in C{params.processes} load processes that
     start measuring together.  The merged tally.
     """
     display = display if display is not None else Display()
     if params.processes == 1:
         shares: Sequence[Share] = [LocalShare(reactor, params)]
     else:
-        shares = [WorkerShare(reactor, share) for share in params.shares()]
+        shares = [ProcessShare(reactor, share) for share in params.shares()]
     phase = ["connecting"]
 
     def show() -> None:
@@ -564,10 +564,10 @@ def _canShowLive() -> bool:
 def main(argv: Sequence[str] | None = None) -> None:
     """The C{caret-bench} console script."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if args[:1] == [WORKER]:
+    if args[:1] == [LOAD_PROCESS]:
         params = Params(**json.loads(args[1]))
         _raiseFileLimit()
-        react(lambda reactor: Deferred.fromCoroutine(worker(reactor, params)))
+        react(lambda reactor: Deferred.fromCoroutine(runLoadProcess(reactor, params)))
     try:
         params, printJSON = parseParams(args)
     except usage.UsageError as error:

@@ -247,7 +247,7 @@ class TLSTests(TestCase):
 
 @pytest.mark.process
 class ProcessesTests(ServerMixin, TestCase):
-    """The command, as a person runs it, in worker processes."""
+    """The command, as a person runs it, in load processes."""
 
     async def caretBench(self, params: Params, *args: str) -> tuple[int, str, str]:
         out, err, code = await getProcessOutputAndValue(
@@ -362,11 +362,11 @@ class OptionsTests(TestCase):
                 spawned.append((executable, args, env))
 
         params = Params("localhost", 9090, connections=3)
-        benchrun.WorkerShare(Spawner(), params)
+        benchrun.ProcessShare(Spawner(), params)
         [(executable, args, env)] = spawned
         self.assertEqual(
             args,
-            [sys.executable, "-m", "caretproto.benchrun", "--worker", args[-1]],
+            [sys.executable, "-m", "caretproto.benchrun", "--load-process", args[-1]],
         )
         self.assertEqual(executable, sys.executable)
         self.assertIs(env, os.environ)

@@ -249,7 +249,7 @@ class CaretBenchTLSTests(TestCase):
         out, err, status = await getProcessOutputAndValue(
             BENCH[0],
             [*BENCH[1:], "-d", "0.3", "-c", "2", "--json", *argv],
-            env=dict(os.environ),
+            env=childEnvironment(),
         )
         self.assertEqual((err, status), (b"", 0), out)
         figures: dict[str, Any] = json.loads(out)
@@ -284,7 +284,7 @@ class CaretBenchTLSTests(TestCase):
                 "--endpoint",
                 f"tls:localhost:{self.port}:trustRoots={untrusted}",
             ],
-            env=dict(os.environ),
+            env=childEnvironment(),
         )
         self.assertEqual(status, 1, out)
         self.assertIn(b"errors   1", out)
