@@ -561,13 +561,13 @@ class CaretCommand(MultiService):
         atexit.register(_exitNow, status)
         self.reactor.callWhenRunning(self.reactor.stop)
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> Deferred[object]:
         """
         Stop every service, as C{MultiService} does, taking over SIGINT and
         SIGTERM from the reactor meanwhile: a second one ends the drain.
         """
         self._hookSignals()
-        stopped: Deferred[None] = super().stopService()
+        stopped: Deferred[object] = super().stopService()
         return stopped.addBoth(self._unhookSignals)
 
     def _hookSignals(self) -> None:

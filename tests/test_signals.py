@@ -1,6 +1,7 @@
 """
 SIGTERM and SIGINT on a real C{twistd -n caret}: stop listening at once, let
-the sessions in progress finish within C{--shutdown-timeout}, exit.
+the sessions in progress finish within C{--shutdown-timeout}, exit; a second
+signal ends the drain at once.
 """
 
 from __future__ import annotations
@@ -96,3 +97,39 @@ class SignalTests(TestCase):
         self.assertEqual(await client.done, GREETING + b"bcd")
         self.assertEqual(await child.ended, -signal.SIGTERM)
         self.assertEqual(child.count("sessions still in progress after 1.0s: 1;"), 1)
+
+    async def second(self, first: int, second: int, *argv: str) -> Twistd:
+        """
+        A session held open, then signals C{first} and C{second}: the server
+        ends the drain at once, though the shutdown timeout is an hour, and
+        exits by the first signal without a traceback.
+        """
+        child = Twistd.start(
+            self, "caret", "--port", LOOPBACK, "--shutdown-timeout", "3600", *argv
+        )
+        port = await child.serving()
+        client = await connect(port)
+        client.transport.write(b"^abc")  # type: ignore[union-attr]
+        await client.receivedAtLeast(len(GREETING + b"bcd"))
+        child.signal(first)
+        await child.logged("given up to 3600.0s to end")
+        started = reactor.seconds()
+        child.signal(second)
+        await client.done
+        self.assertEqual(await child.ended, -first)
+        self.assertLess(reactor.seconds() - started, 10)
+        self.assertIn("while stopping: ending the drain now", child.output)
+        self.assertNotIn("Traceback", child.output)
+        self.assertNotIn("ReactorNotRunning", child.output)
+        return child
+
+    async def test_a_second_sigint_ends_the_drain_at_once(self) -> None:
+        child = await self.second(signal.SIGINT, signal.SIGINT)
+        self.assertIn("aborting 1 connections", child.output)
+
+    async def test_sigterm_after_sigint_does_too(self) -> None:
+        await self.second(signal.SIGINT, signal.SIGTERM)
+
+    async def test_a_second_sigterm_reaches_the_workers(self) -> None:
+        child = await self.second(signal.SIGTERM, signal.SIGTERM, "--workers", "2")
+        self.assertEqual(child.count("ending the drain now"), 3)
