@@ -207,6 +207,74 @@ class StartErrorTests(TestCase):
             terminal,
         )
 
+    async def test_an_endpoint_that_fails_to_listen_later(self) -> None:
+        # An endpoint plugin of this test's own, whose listening fails half a
+        # second after it begins, as one that must first reach another
+        # service might.
+        plugins = Path(tempFolder(self))
+        (plugins / "twisted" / "plugins").mkdir(parents=True)
+        (plugins / "twisted" / "plugins" / "late_endpoint.py").write_text(
+            LATE_ENDPOINT_PLUGIN
+        )
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [str(plugins), environment.get("PYTHONPATH", "")]
+        )
+        folder = Path(tempFolder(self))
+        pidFile, logFile = folder / "twistd.pid", folder / "twistd.log"
+        process = Twistd.start(
+            self, "caret", "--port", LOOPBACK, "--port", "late:",
+            runner=[TWISTD, "-n", f"--pidfile={pidFile}", f"--logfile={logFile}"],
+            env=environment,
+        )  # fmt: skip
+        # Its log goes to the file, where the test reads it at the end.
+        process.listening.addErrback(lambda _: None)
+        self.assertEqual(await process.ended, 1, process.output)
+        line = (
+            "caret cannot start: --port 'late:' cannot listen: Permission denied (*:1)"
+        )
+        self.assertEqual(process.output, line + "\n")
+        log = logFile.read_text()
+        self.assertNotIn("caret listening on", log)
+        self.assertIn(line, log)
+        self.assertNotIn("Traceback", log)
+        self.assertFalse(pidFile.exists())
+
+
+LATE_ENDPOINT_PLUGIN = """\
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IStreamServerEndpoint,
+    IStreamServerEndpointStringParser,
+)
+from twisted.internet.task import deferLater
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(IStreamServerEndpoint)
+class LateEndpoint:
+    def __init__(self, reactor):
+        self.reactor = reactor
+
+    def listen(self, factory):
+        def fail():
+            raise CannotListenError("", 1, OSError(13, "Permission denied"))
+
+        return deferLater(self.reactor, 0.5, fail)
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class LateParser:
+    prefix = "late"
+
+    def parseStreamServer(self, reactor, *args, **kwargs):
+        return LateEndpoint(reactor)
+
+
+late = LateParser()
+"""
+
 
 def _killDaemon(pidFile: Path) -> None:
     """Kill the daemon that C{pidFile} names, if a test left one running."""
