@@ -475,7 +475,8 @@ class CaretCommand(MultiService):
     @ivar terminal: where to write a start error besides the log, or
         C{None} (see L{startErrorsShownOn}).
     @ivar stopProgram: called with the exit status when an endpoint fails
-        to listen after the start (by default L{exitOnceStopped}).
+        to listen after the start; by default it stops the reactor and has
+        the process exit with that status once twistd or twist is done.
     """
 
     _log = Logger()
