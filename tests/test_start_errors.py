@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -142,6 +143,10 @@ class StartErrorTests(TestCase):
         process.listening.addErrback(lambda _: None)
         status = await process.ended
         self.assertEqual(status, 1, process.output)
+        if daemon:
+            # The daemon removes its pid file just after it tells the waiting
+            # process, which may have ended first.
+            await _removed(pidFile, within=5)
         self.assertLess(reactor.seconds() - started, 15)
         self.assertFalse(pidFile.exists())
         log = logFile.read_text() if logFile.exists() else ""
@@ -274,6 +279,14 @@ class LateParser:
 
 late = LateParser()
 """
+
+
+async def _removed(path: Path, within: float) -> None:
+    """Wait until C{path} is gone, for up to C{within} seconds."""
+    deadline = reactor.seconds() + within
+    # A file removed by another process gives nothing to wait on but time.
+    while path.exists() and reactor.seconds() < deadline:
+        await deferLater(reactor, 0.05)
 
 
 def _killDaemon(pidFile: Path) -> None:
