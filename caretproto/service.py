@@ -263,7 +263,7 @@ class CaretService(Service):
         self._shutdownCall.cancel()
         self._shutdownCall = None
         self._log.warn(
-            "ending the drain now: aborting {count} connections",
+            "ending the drain now: connections still open: {count}; aborting them",
             count=len(self.factory.sessions) + len(self.factory.arriving),
         )
         for session in list(self.factory.sessions):
