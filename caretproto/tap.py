@@ -572,9 +572,15 @@ class CaretCommand(MultiService):
         return stopped.addBoth(self._unhookSignals)
 
     def _hookSignals(self) -> None:
+        if any(isinstance(service, ParentLink) for service in self):
+            # A worker may get a signal sent to its whole process group (as
+            # systemd stops a service) and then the same one from its
+            # parent: a second signal means nothing there.  Its parent ends
+            # it if need be.
+            return
         # Only the signals the reactor handles, as it does, by stopping: a
-        # worker ignores SIGINT, and a program that runs the services with
-        # handlers of its own keeps them.
+        # program that runs the services with handlers of its own keeps
+        # them.
         for number in (signal.SIGINT, signal.SIGTERM):
             handler = signal.getsignal(number)
             if getattr(handler, "__self__", None) is self.reactor:
@@ -596,7 +602,7 @@ class CaretCommand(MultiService):
         """
         End the drain now: abort the connections still open (replies owed
         and all) rather than wait for C{--shutdown-timeout}, and with
-        C{--workers} pass the signal on to the workers, which do the same.
+        C{--workers} kill the workers, whose connections close with them.
         What a second SIGINT or SIGTERM does, as nginx's fast shutdown and
         HAProxy's hard stop do after a graceful one.
         """
@@ -608,7 +614,7 @@ class CaretCommand(MultiService):
                 service.hurry()
             elif isinstance(service, WorkerPool):
                 for worker in service.workers.values():
-                    worker.signal("TERM")
+                    worker.signal("KILL")
 
 
 def _exitNow(status: int) -> None:

@@ -7,6 +7,7 @@ L{tests.test_signals}.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -25,6 +26,7 @@ from caretproto.proxy import ProxyProtocolFactory, TrustedProxies
 from caretproto.rules import GREETING
 from caretproto.service import CaretService
 from caretproto.tap import CaretCommand
+from caretproto.workerside import ParentLink
 from tests.fakes import clockedFactory, connect
 
 BALANCER = IPv4Address("TCP", "10.0.0.5", 51000)
@@ -302,8 +304,18 @@ class SecondSignalTests(SynchronousTestCase):
         self.assertEqual(self.handlers[signal.SIGINT], self.reactor.sigInt)
         self.assertEqual(self.handlers[signal.SIGTERM], self.reactor.sigTerm)
 
+    def test_a_worker_leaves_its_signals_to_the_reactor(self) -> None:
+        # Its parent ends it if need be; a signal sent to the whole process
+        # group would reach it twice.
+        pipe, parent = os.pipe()
+        self.addCleanup(os.close, pipe)
+        self.addCleanup(os.close, parent)
+        ParentLink(MemoryReactor(), pipe).setServiceParent(self.command)
+        connect(self.factory)
+        self.command.stopService()
+        self.assertEqual(self.handlers[signal.SIGTERM], self.reactor.sigTerm)
+
     def test_signals_the_reactor_does_not_handle_are_left_alone(self) -> None:
-        # A worker ignores SIGINT: its parent passes Ctrl-C on as SIGTERM.
         self.handlers[signal.SIGINT] = signal.SIG_IGN
         connect(self.factory)
         self.command.stopService()
