@@ -4,7 +4,9 @@ The C{caret} command of twistd and twist: its options and L{makeService}.
 C{twistd -n caret --port 9090} and C{twist caret --port 9090} both come here
 through C{twisted/plugins/caret.py}.  A C{.tac} file or any program may build
 the same service with C{makeService(Options().parseOptions([...]))}.  This
-module turns options into services; it holds no protocol logic.
+module turns options into services, and does what the command does as a
+program at its start and its end (L{CaretCommand}: errors at start, a second
+signal while stopping); it holds no protocol logic.
 """
 
 from __future__ import annotations
