@@ -47,15 +47,18 @@ from prometheus_client.process_collector import ProcessCollector
 from twisted.application import strports
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from caretproto.connections import RefusalLog, describeAddress, peerHost
 from caretproto.logrelay import IWorkerReports
 from caretproto.server import CaretFactory, CaretProtocol
 
@@ -350,13 +353,97 @@ class MetricsPage(Resource):
         return encode(self._registry)
 
 
+REQUEST_TIMEOUT = 5.0
+"""
+Seconds a C{--metrics} client has to send a whole request, from when it
+connects or its last response ends, before it is cut off, as HAProxy's
+C{timeout http-request} and nginx's C{client_header_timeout} do.  A scraper
+sends its request at once; a client that sends a byte now and then, which
+Twisted's own timeout (an idle one, restarted by every byte) never reaches,
+holds a descriptor, from the same pool as the caret port's, no longer.
+"""
+
+
+class _MetricsChannel(http.HTTPChannel):
+    """
+    An HTTP connection to the metrics site, aborted when a whole request has
+    not come within L{REQUEST_TIMEOUT}.  The deadline runs while a request is
+    awaited: from the connection, and from the end of each response (so it
+    also closes a kept-alive connection left idle), until the request is
+    complete.  Nothing is owed when it fires.
+    """
+
+    requestTimeout = REQUEST_TIMEOUT
+    _deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._awaitRequest()
+
+    def allContentReceived(self) -> None:
+        self._stopWaiting()
+        super().allContentReceived()
+
+    def requestDone(self, request: http.Request) -> None:
+        # Before the channel goes on: it may find the next request whole in
+        # what it has already read.
+        self._awaitRequest()
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopWaiting()
+        super().connectionLost(reason)
+
+    def _awaitRequest(self) -> None:
+        self._stopWaiting()
+        self._deadline = self.callLater(self.requestTimeout, self._tooSlow)
+
+    def _stopWaiting(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _tooSlow(self) -> None:
+        self._deadline = None
+        assert self.transport is not None
+        peer = self.transport.getPeer()
+        site = getattr(self, "site", None)
+        assert isinstance(site, _MetricsSite)
+        site.tooSlow.refused(
+            peerHost(peer) or describeAddress(peer), timeout=self.requestTimeout
+        )
+        # Every stream transport Twisted ships can abort, though ITransport
+        # does not say so.
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
 class _MetricsSite(Site):
     """
     A site that does not log each request: a scrape every few seconds would
-    bury the sessions' log lines.
+    bury the sessions' log lines.  Its connections are L{_MetricsChannel}s;
+    those cut off for slowness are logged once per burst from each host.
+
+    @ivar tooSlow: the log of connections cut off for slowness.
     """
 
     noisy = False
+    protocol = _MetricsChannel  # type: ignore[assignment]
+
+    def __init__(
+        self, resource: IResource, reactor: IReactorTime | None = None
+    ) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.tooSlow = RefusalLog(
+            self.reactor,
+            "metrics client {host} sent no whole request within {timeout}s: cut off",
+            "metrics clients from {host} cut off for sending no whole request "
+            "within {timeout}s: {count} in {duration:.0f}s",
+            logger=Logger(namespace="caretproto.metrics"),
+        )
+
+    def stopFactory(self) -> None:
+        self.tooSlow.flush()
+        super().stopFactory()
 
     def logPrefix(self) -> str:
         return "metrics"
@@ -365,11 +452,23 @@ class _MetricsSite(Site):
         pass
 
 
-def metricsService(description: str, registry: CollectorRegistry) -> IService:
+def metricsService(
+    description: str,
+    registry: CollectorRegistry,
+    reactor: IReactorTime | None = None,
+) -> IService:
     """
     A service that serves C{registry} at C{/metrics} on the endpoint
-    C{description}; other paths are 404.
+    C{description}; other paths are 404.  A client gets L{REQUEST_TIMEOUT}
+    seconds for each request.
     """
+    return strports.service(description, metricsSite(registry, reactor))
+
+
+def metricsSite(
+    registry: CollectorRegistry, reactor: IReactorTime | None = None
+) -> Site:
+    """The site of L{metricsService}, whose timers run on C{reactor}."""
     root = notFound()
     root.putChild(b"metrics", MetricsPage(registry))
-    return strports.service(description, _MetricsSite(root))
+    return _MetricsSite(root, reactor)

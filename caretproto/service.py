@@ -14,13 +14,13 @@ pauses and resumes accepting to keep its session limit (C{--max-connections}).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -81,6 +81,12 @@ class CaretService(Service):
         themselves when the service stops; after that they are ended, and
         after as long again any whose client takes no replies is cut off.
     @ivar shortage: what happens when C{accept} runs out of descriptors.
+    @ivar listenFailed: called with a L{CannotListen} when an endpoint fails
+        to listen after L{privilegedStartService} or L{startService} has
+        returned (one that listens asynchronously, such as an endpoint
+        plugin that must first reach some other service); then none of the
+        endpoints listens.  By default L{logListenFailure}; the C{caret}
+        command stops the program (L{caretproto.tap.CaretCommand}).
     """
 
     _log = Logger()
@@ -102,6 +108,7 @@ class CaretService(Service):
             self, self.clock, self.factory.whenSessionEnds
         )
         self._shutdownCall: IDelayedCall | None = None
+        self.listenFailed: Callable[[CannotListen], None] = self.logListenFailure
         self.factory.acceptedBy(self)
 
     def privilegedStartService(self) -> None:
@@ -121,18 +128,35 @@ class CaretService(Service):
             self._listen()
 
     def _listen(self) -> None:
-        listening = gatherResults(
-            [endpoint.listen(self.factory) for endpoint in self.endpoints],
-            consumeErrors=True,
-        )
-        failedNow: list[Failure] = []
-        listening.addCallback(self._gotPorts)
-        listening.addErrback(failedNow.append)
+        attempts = [endpoint.listen(self.factory) for endpoint in self.endpoints]
+        listening = gatherResults(attempts, consumeErrors=True)
+        failedNow: list[CannotListen] = []
+        late = False
+
+        def failed(failure: Failure) -> None:
+            cannot = _cannotListen(failure, attempts)
+            if late:
+                self.listenFailed(cannot)
+            else:
+                failedNow.append(cannot)
+
+        listening.addCallbacks(self._gotPorts, failed)
         if failedNow:
-            first = failedNow[0].value
-            reason = first.subFailure.value  # type: ignore[union-attr]
-            raise CannotListen(first.index, reason) from reason  # type: ignore[union-attr]
+            raise failedNow[0] from failedNow[0].reason
+        # From here on a failure comes too late to be raised to the caller.
+        late = True
         self._listening = listening
+
+    def logListenFailure(self, cannot: CannotListen) -> None:
+        """
+        The default L{listenFailed}: log the failure, naming the endpoint.
+        """
+        self._log.critical(
+            "endpoint {index} ({endpoint!r}) cannot listen: {reason}",
+            index=cannot.index,
+            endpoint=self.endpoints[cannot.index],
+            reason=cannot.reason,
+        )
 
     def _gotPorts(self, ports: list[IListeningPort]) -> list[IListeningPort]:
         self.ports = ports
@@ -246,6 +270,26 @@ class CaretService(Service):
         # not keep the process from ending.
         self.factory.forgetArriving()
 
+    def hurry(self) -> None:
+        """
+        End a drain now, for an operator who will not wait for it (a second
+        SIGINT or SIGTERM, see L{caretproto.tap.CaretCommand}): abort every
+        connection still open, replies owed and all, and give up on those
+        still arriving, so that the service stops at once.  Nothing to do if
+        the service is not draining.
+        """
+        if self._shutdownCall is None:
+            return
+        self._shutdownCall.cancel()
+        self._shutdownCall = None
+        self._log.warn(
+            "ending the drain now: connections still open: {count}; aborting them",
+            count=len(self.factory.sessions) + len(self.factory.arriving),
+        )
+        for session in list(self.factory.sessions):
+            session.transport.abortConnection()
+        self.factory.forgetArriving()
+
     def _sessionsEnded(self, _: None) -> None:
         if self._shutdownCall is not None and self._shutdownCall.active():
             self._shutdownCall.cancel()
@@ -277,3 +321,25 @@ def _acceptor(port: IListeningPort) -> FileDescriptor:
     if not isinstance(port, FileDescriptor):
         raise TypeError(f"cannot pause accepting on {port!r}")
     return port
+
+
+def _cannotListen(
+    failure: Failure, attempts: Sequence[Deferred[IListeningPort]]
+) -> CannotListen:
+    """
+    The first endpoint that failed, from C{gatherResults}' C{failure}; the
+    ports of the others stop listening once they listen, for the service
+    will not be serving them.
+    """
+    first = failure.value
+    assert isinstance(first, FirstError)
+    for attempt in attempts:
+        attempt.addCallback(_stopListening)
+    reason = first.subFailure.value
+    assert reason is not None
+    return CannotListen(first.index, reason)
+
+
+def _stopListening(port: IListeningPort | None) -> object:
+    # A failed attempt's result is None: gatherResults consumed its error.
+    return None if port is None else port.stopListening()

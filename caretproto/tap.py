@@ -4,17 +4,23 @@ The C{caret} command of twistd and twist: its options and L{makeService}.
 C{twistd -n caret --port 9090} and C{twist caret --port 9090} both come here
 through C{twisted/plugins/caret.py}.  A C{.tac} file or any program may build
 the same service with C{makeService(Options().parseOptions([...]))}.  This
-module turns options into services; it holds no protocol logic.
+module turns options into services, and does what the command does as a
+program at its start and its end (L{CaretCommand}: errors at start, a second
+signal while stopping); it holds no protocol logic.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from types import FrameType
+from typing import Any, TextIO
 
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
@@ -59,8 +65,9 @@ TRUSTED_PROXY_EXAMPLES = "10.0.0.5, 10.0.0.0/8, 127.0.0.1, ::1, fd00::/8, any"
 
 METRICS_EXAMPLES = "9100, tcp:9100:interface=127.0.0.1, unix:/run/caret-metrics.sock"
 
-# Endpoint types that listen themselves and so accept a backlog= argument.
-_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "haproxy"})
+# Endpoint types that listen themselves and so accept a backlog= argument
+# (haproxy: passes its arguments to the endpoint it wraps).
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
 
 WORKERS_KILL_MARGIN = 5.0
 """
@@ -79,10 +86,21 @@ def endpointDescription(port: str, backlog: int = DEFAULT_BACKLOG) -> str:
     """
     if port.isdigit():
         return f"tcp:{port}:backlog={backlog}"
-    kind = port.split(":", 1)[0]
-    if kind in _BACKLOG_TYPES and "backlog=" not in port:
+    if _listensItself(port) and "backlog=" not in port:
         return f"{port}:backlog={backlog}"
     return port
+
+
+def _listensItself(description: str) -> bool:
+    """
+    Whether the endpoint of C{description} makes its own listening socket,
+    behind C{haproxy:} or not: a C{systemd:} one inherits it, with the
+    backlog systemd gave it, and takes no C{backlog=}.
+    """
+    kind, _, rest = description.partition(":")
+    if kind == proxies.PREFIX:
+        return _listensItself(rest)
+    return kind in _BACKLOG_TYPES
 
 
 DEFAULT_IDLE_TIMEOUT = 300.0
@@ -369,6 +387,7 @@ def makeService(options: Mapping[str, Any]) -> IService:
     parent's serves the sum of the workers', which report to it.
     """
     top = CaretCommand(options["port"], options.get("metrics"))
+    top.terminal = startErrorsShownOn(options)
     OpenFilesLimit().setServiceParent(top)
     factory = CaretFactory(maxSessions=options.get("max-connections"))
     factory.idleTimeout = options.get("idle-timeout")
@@ -409,23 +428,86 @@ def makeService(options: Mapping[str, Any]) -> IService:
     return top
 
 
+class CannotStart(SystemExit, Exception):
+    """
+    The C{caret} command cannot start: one of its endpoints cannot listen.
+
+    An C{Exception}, so that twistd reports it: twistd catches an exception
+    raised while it starts the application, removes its pid file and, as a
+    daemon, passes the exception's line through its status pipe to the
+    process still waiting on the terminal, which prints it and exits with
+    status 1 (C{postApplication} in C{twisted/scripts/_twistd_unix.py}).  A
+    plain C{SystemExit} slips past that, leaving the pid file behind and the
+    waiting process waiting for ever.  And a C{SystemExit} with status 1, so
+    that the program, once twistd has re-raised it (or twist, which catches
+    nothing), ends with that status and without a traceback.
+
+    Its text begins with the reason, for twistd passes only its first 100
+    bytes.
+
+    @ivar option: C{--port} or C{--metrics}.
+    @ivar given: the option's value.
+    @ivar reason: why it cannot listen, in a few words (L{whyNot}).
+    """
+
+    def __init__(self, option: str, given: str, reason: str) -> None:
+        super().__init__(f"{reason.rstrip('.')}: {option} {given!r}")
+        self.code = 1
+        self.option = option
+        self.given = given
+        self.reason = reason
+
+
 class CaretCommand(MultiService):
     """
-    The services of the C{caret} command.  One that cannot listen (its port
-    in use, its UNIX socket's folder missing) stops the program with one log
-    line naming the option and why, and exit status 1, not a traceback:
-    it is the operator's mistake, not the program's.
+    The services of the C{caret} command, and what the command does at its
+    start and its end that no one of them can.
+
+    A service that cannot listen (its port in use, its UNIX socket's folder
+    missing) stops the program with one critical log line naming the option
+    and why, and exit status 1, not a traceback: it is the operator's
+    mistake, not the program's.  Raised as L{CannotStart}, which twistd
+    passes on to the terminal it was started from; written there too by a
+    twistd C{-n} whose log goes elsewhere (L{terminal}).  An endpoint that
+    fails to listen later, once the program runs, stops it the same way
+    (L{stopProgram}).
+
+    A second SIGINT or SIGTERM while the services stop ends the drain at
+    once (L{hurry}), where the reactor alone would fail to stop a second
+    time, with a traceback.
 
     @ivar ports: the C{--port} values, in order.
     @ivar metrics: the C{--metrics} value, or C{None}.
+    @ivar terminal: where to write a start error besides the log, or
+        C{None} (see L{startErrorsShownOn}).
+    @ivar stopProgram: called with the exit status when an endpoint fails
+        to listen after the start; by default it stops the reactor and has
+        the process exit with that status once twistd or twist is done.
     """
 
     _log = Logger()
 
-    def __init__(self, ports: Sequence[str], metrics: str | None = None) -> None:
+    def __init__(
+        self,
+        ports: Sequence[str],
+        metrics: str | None = None,
+        reactor: Any = None,
+    ) -> None:
         super().__init__()
         self.ports = list(ports)
         self.metrics = metrics
+        self.terminal: TextIO | None = None
+        self.stopProgram: Callable[[int], None] = self._exitOnceStopped
+        self._reactor = reactor
+        self._hooked: dict[int, Any] = {}
+
+    @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
@@ -438,6 +520,8 @@ class CaretCommand(MultiService):
             self._starting(service, service.startService)
 
     def _starting(self, service: IService, start: Callable[[], None]) -> None:
+        if isinstance(service, CaretService):
+            service.listenFailed = self._listenFailedLater
         try:
             start()
         except CannotListen as failed:
@@ -448,13 +532,121 @@ class CaretCommand(MultiService):
             option, given, reason = "--metrics", self.metrics, error
         else:
             return
+        raise self._cannotStart(option, given, reason)
+
+    def _cannotStart(
+        self, option: str, given: str, error: BaseException
+    ) -> CannotStart:
+        """Say that C{option} C{given} cannot listen, for C{error}."""
+        reason = whyNot(given, error)
         self._log.critical(
             "caret cannot start: {option} {given!r} cannot listen: {reason}",
             option=option,
             given=given,
-            reason=whyNot(given, reason),
+            reason=reason,
         )
-        raise SystemExit(1)
+        if self.terminal is not None:
+            self.terminal.write(
+                f"caret cannot start: {option} {given!r} cannot listen: {reason}\n"
+            )
+            self.terminal.flush()
+        return CannotStart(option, given, reason)
+
+    def _listenFailedLater(self, failed: CannotListen) -> None:
+        if not self.running:
+            return
+        self._cannotStart("--port", self.ports[failed.index], failed.reason)
+        self.stopProgram(1)
+
+    def _exitOnceStopped(self, status: int) -> None:
+        """
+        Stop the reactor, and exit with C{status} once twistd or twist is
+        done (the pid file removed, the log written): neither lets a
+        service choose the exit status (Twisted's issue #11335), so an exit
+        handler ends the process with it.
+        """
+        atexit.register(_exitNow, status)
+        self.reactor.callWhenRunning(self.reactor.stop)
+
+    def stopService(self) -> Deferred[object]:
+        """
+        Stop every service, as C{MultiService} does, taking over SIGINT and
+        SIGTERM from the reactor meanwhile: a second one ends the drain.
+        """
+        self._hookSignals()
+        stopped: Deferred[object] = super().stopService()
+        return stopped.addBoth(self._unhookSignals)
+
+    def _hookSignals(self) -> None:
+        if any(isinstance(service, ParentLink) for service in self):
+            # A worker may get a signal sent to its whole process group (as
+            # systemd stops a service) and then the same one from its
+            # parent: a second signal means nothing there.  Its parent ends
+            # it if need be.
+            return
+        # Only the signals the reactor handles, as it does, by stopping: a
+        # program that runs the services with handlers of its own keeps
+        # them.
+        for number in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(number)
+            if getattr(handler, "__self__", None) is self.reactor:
+                self._hooked[number] = handler
+                signal.signal(number, self._signalled)
+
+    def _unhookSignals(self, result: object) -> object:
+        hooked, self._hooked = self._hooked, {}
+        for number, handler in hooked.items():
+            signal.signal(number, handler)
+        return result
+
+    def _signalled(self, number: int, frame: FrameType | None) -> None:
+        # As the reactor's own handlers do: a signal handler runs between
+        # any two bytecodes, so the work waits for the reactor's next turn.
+        self.reactor.callFromThread(self.hurry, signal.Signals(number).name)
+
+    def hurry(self, signalName: str = "a second signal") -> None:
+        """
+        End the drain now: abort the connections still open (replies owed
+        and all) rather than wait for C{--shutdown-timeout}, and with
+        C{--workers} kill the workers, whose connections close with them.
+        What a second SIGINT or SIGTERM does, as nginx's fast shutdown and
+        HAProxy's hard stop do after a graceful one.
+        """
+        self._log.warn(
+            "{signal} while stopping: ending the drain now", signal=signalName
+        )
+        for service in self:
+            if isinstance(service, CaretService):
+                service.hurry()
+            elif isinstance(service, WorkerPool):
+                for worker in service.workers.values():
+                    worker.signal("KILL")
+
+
+def _exitNow(status: int) -> None:
+    for stream in (sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    os._exit(status)
+
+
+def startErrorsShownOn(options: Mapping[str, Any]) -> TextIO | None:
+    """
+    Where the C{caret} command run with C{options} should write a start
+    error besides its log (L{CaretCommand.terminal}): standard error, under
+    a twistd C{-n} whose log goes elsewhere (C{--logfile}, C{--syslog},
+    C{--logger}).  Nowhere else: twistd without C{-n} has the process
+    waiting on the terminal print it (L{CannotStart}); twistd C{-n} without
+    a log file logs to the terminal already; twist starts the services
+    before its log begins, when a critical event goes to standard error by
+    itself; and a C{.tac} file or a test has its own ways.
+    """
+    runner = getattr(options, "parent", None)
+    if not isinstance(runner, Mapping) or not runner.get("nodaemon"):
+        return None
+    if runner.get("logger") or runner.get("syslog"):
+        return sys.__stderr__
+    return None if runner.get("logfile") in (None, "", "-") else sys.__stderr__
 
 
 def whyNot(description: str, error: BaseException) -> str:

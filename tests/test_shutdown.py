@@ -1,17 +1,23 @@
 """
 Graceful shutdown, on a clock: stopping the service lets sessions go on for
-C{shutdownTimeout} seconds, then ends them, each delivering what it owes.
-The real signals are in L{tests.test_signals}.
+C{shutdownTimeout} seconds, then ends them, each delivering what it owes;
+a second signal meanwhile ends the drain at once.  The real signals are in
+L{tests.test_signals}.
 """
 
 from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -19,6 +25,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from caretproto.proxy import ProxyProtocolFactory, TrustedProxies
 from caretproto.rules import GREETING
 from caretproto.service import CaretService
+from caretproto.tap import CaretCommand
+from caretproto.workerside import ParentLink
 from tests.fakes import clockedFactory, connect
 
 BALANCER = IPv4Address("TCP", "10.0.0.5", 51000)
@@ -188,3 +196,128 @@ class ArrivingConnectionTests(SynchronousTestCase):
         self.assertNoResult(stopped)
         self.clock.advance(10)
         self.assertIsNone(self.successResultOf(stopped))
+
+
+class HurryTests(SynchronousTestCase):
+    """A drain ended at once, as a second SIGINT or SIGTERM asks."""
+
+    def setUp(self) -> None:
+        self.factory, self.clock = clockedFactory()
+        self.service = CaretService([], self.factory)
+        self.service.shutdownTimeout = 3600.0
+        self.service.startService()
+
+    def test_every_connection_is_aborted_and_no_timer_is_left(self) -> None:
+        first, firstTransport = connect(self.factory)
+        second, secondTransport = connect(self.factory, port=40001)
+        stopped = self.service.stopService()
+        self.service.hurry()
+        self.assertTrue(firstTransport.disconnected)
+        self.assertTrue(secondTransport.disconnected)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        first.connectionLost()
+        self.assertNoResult(stopped)
+        second.connectionLost()
+        self.assertIsNone(self.successResultOf(stopped))
+
+    def test_after_the_timeout_too(self) -> None:
+        _, transport = connect(self.factory)
+        self.service.stopService()
+        self.clock.advance(3600)
+        self.assertFalse(transport.disconnected)
+        self.service.hurry()
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_connections_still_arriving_are_given_up_on(self) -> None:
+        self.factory.buildProtocol(BALANCER)
+        stopped = self.service.stopService()
+        self.service.hurry()
+        self.assertIsNone(self.successResultOf(stopped))
+
+    def test_nothing_to_do_unless_draining(self) -> None:
+        _, transport = connect(self.factory)
+        self.service.hurry()
+        self.assertFalse(transport.disconnected)
+
+
+class FakeReactor:
+    """The reactor's signal handlers, and its way to run them later."""
+
+    def __init__(self) -> None:
+        self.later: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def sigInt(self, number: int, frame: object) -> None:
+        pass
+
+    def sigTerm(self, number: int, frame: object) -> None:
+        pass
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        self.later.append((f, args))
+
+    def runLater(self) -> None:
+        later, self.later = self.later, []
+        for f, args in later:
+            f(*args)
+
+
+class SecondSignalTests(SynchronousTestCase):
+    """
+    While the command stops, SIGINT and SIGTERM are its own: a second one
+    ends the drain, where the reactor's handler would try to stop it again.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = FakeReactor()
+        self.handlers: dict[int, Any] = {
+            signal.SIGINT: self.reactor.sigInt,
+            signal.SIGTERM: self.reactor.sigTerm,
+        }
+        self.patch(signal, "getsignal", self.handlers.__getitem__)
+        self.patch(signal, "signal", self.handlers.__setitem__)
+        self.factory, self.clock = clockedFactory()
+        self.caret = CaretService([], self.factory)
+        self.caret.shutdownTimeout = 3600.0
+        self.caret.setName("caret")
+        self.command = CaretCommand(["tcp:0"], reactor=self.reactor)
+        self.caret.setServiceParent(self.command)
+        self.command.startService()
+
+    def test_a_second_signal_aborts_the_sessions_at_the_reactors_next_turn(
+        self,
+    ) -> None:
+        session, transport = connect(self.factory)
+        stopped = self.command.stopService()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.assertEqual(self.handlers[number], self.command._signalled)
+        self.handlers[signal.SIGINT](signal.SIGINT, None)
+        self.assertFalse(transport.disconnected)
+        self.reactor.runLater()
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        session.connectionLost()
+        self.successResultOf(stopped)
+
+    def test_the_reactors_handlers_are_back_once_stopped(self) -> None:
+        self.successResultOf(self.command.stopService())
+        self.assertEqual(self.handlers[signal.SIGINT], self.reactor.sigInt)
+        self.assertEqual(self.handlers[signal.SIGTERM], self.reactor.sigTerm)
+
+    def test_a_worker_leaves_its_signals_to_the_reactor(self) -> None:
+        # Its parent ends it if need be; a signal sent to the whole process
+        # group would reach it twice.
+        pipe, parent = os.pipe()
+        self.addCleanup(os.close, pipe)
+        self.addCleanup(os.close, parent)
+        ParentLink(MemoryReactor(), pipe).setServiceParent(self.command)
+        connect(self.factory)
+        self.command.stopService()
+        self.assertEqual(self.handlers[signal.SIGTERM], self.reactor.sigTerm)
+
+    def test_signals_the_reactor_does_not_handle_are_left_alone(self) -> None:
+        self.handlers[signal.SIGINT] = signal.SIG_IGN
+        connect(self.factory)
+        self.command.stopService()
+        self.assertEqual(self.handlers[signal.SIGINT], signal.SIG_IGN)
+        self.assertEqual(self.handlers[signal.SIGTERM], self.command._signalled)

@@ -17,7 +17,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent
 
+from caretproto.rules import GREETING
 from caretproto.tap import endpointDescription
+from tests.rawclient import connect
 from tests.test_metrics import get
 from tests.twistd import TWISTD, Twistd
 from tests.workedexample import WORKED_EXAMPLE_ANSWER, runWorkedExample
@@ -28,6 +30,32 @@ def listeningSocket() -> socket.socket:
     listening.bind(("127.0.0.1", 0))
     listening.listen(16)
     return listening
+
+
+# systemd sets LISTEN_PID to the pid of the process it starts; the shell sets
+# it to its own, which exec hands on to twistd.
+_SYSTEMD_LIKE = [
+    "/bin/sh",
+    "-c",
+    'LISTEN_PID=$$ exec "$0" "$@"',
+    TWISTD,
+    "-n",
+    "--pidfile=",
+]
+
+
+def _inheriting(count: int, names: str) -> dict[str, str]:
+    """This process's environment, telling of C{count} inherited sockets."""
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("LISTEN_")
+    }
+    # Twisted takes inherited sockets only when LISTEN_FDNAMES names as many
+    # as LISTEN_FDS counts, as systemd 227 and later always do.
+    environment["LISTEN_FDS"] = str(count)
+    environment["LISTEN_FDNAMES"] = names
+    return environment
 
 
 class EndpointDescriptionTests(SynchronousTestCase):
@@ -41,24 +69,48 @@ class EndpointDescriptionTests(SynchronousTestCase):
             "systemd:domain=INET:index=0",
         )
 
+    def test_systemd_descriptions_behind_haproxy_get_no_backlog(self) -> None:
+        self.assertEqual(
+            endpointDescription("haproxy:systemd:domain=INET:index=0", 4096),
+            "haproxy:systemd:domain=INET:index=0",
+        )
+
 
 @pytest.mark.process
 class SocketActivationTests(TestCase):
     timeout = 60
 
+    async def test_twistd_serves_an_inherited_socket_behind_haproxy(self) -> None:
+        caret = listeningSocket()
+        caretPort = caret.getsockname()[1]
+        environment = _inheriting(1, "caret")
+        twistd = Twistd.start(
+            self,
+            "caret",
+            "--port",
+            "haproxy:systemd:domain=INET:index=0",
+            "--trusted-proxy",
+            "127.0.0.1",
+            runner=_SYSTEMD_LIKE,
+            env=environment,
+            childFDs={0: "w", 1: "r", 2: "r", 3: caret.fileno()},
+        )
+        caret.close()
+
+        client = await connect(caretPort)
+        assert client.transport is not None
+        client.transport.write(b"PROXY TCP4 198.51.100.7 127.0.0.1 4242 9090\r\n^a$")
+        client.transport.loseWriteConnection()
+        self.assertEqual(await client.done, GREETING + b"b", twistd.output)
+        await twistd.logged(r"198\.51\.100\.7:4242 connected")
+        twistd.signal(signal.SIGTERM)
+        self.assertEqual(await twistd.ended, -signal.SIGTERM)
+        self.assertNotIn("Traceback", twistd.output)
+
     async def test_twistd_serves_the_sockets_it_inherits(self) -> None:
         caret, metrics = listeningSocket(), listeningSocket()
         caretPort = caret.getsockname()[1]
         metricsPort = metrics.getsockname()[1]
-        environment = {
-            name: value
-            for name, value in os.environ.items()
-            if not name.startswith("LISTEN_")
-        }
-        # Twisted takes inherited sockets only when LISTEN_FDNAMES names as
-        # many as LISTEN_FDS counts, as systemd 227 and later always do.
-        environment["LISTEN_FDS"] = "2"
-        environment["LISTEN_FDNAMES"] = "caret:metrics"
         twistd = Twistd.start(
             self,
             "caret",
@@ -66,17 +118,8 @@ class SocketActivationTests(TestCase):
             "systemd:domain=INET:index=0",
             "--metrics",
             "systemd:domain=INET:name=metrics",
-            # systemd sets LISTEN_PID to the pid of the process it starts;
-            # the shell sets it to its own, which exec hands on to twistd.
-            runner=[
-                "/bin/sh",
-                "-c",
-                'LISTEN_PID=$$ exec "$0" "$@"',
-                TWISTD,
-                "-n",
-                "--pidfile=",
-            ],
-            env=environment,
+            runner=_SYSTEMD_LIKE,
+            env=_inheriting(2, "caret:metrics"),
             childFDs={0: "w", 1: "r", 2: "r", 3: caret.fileno(), 4: metrics.fileno()},
         )
         # From here on only twistd holds the listening sockets: clients that
