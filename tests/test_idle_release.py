@@ -1,0 +1,210 @@
+"""
+Idle timeouts against a real C{twistd -n caret}, seen from the client side
+and in the server's log: clients that stop reading are released, paused or
+not, and a silent client is closed fully at one timeout, not two.
+
+The unit tests of the same rules, on a clock, are in
+L{tests.test_idle_timeout}; these check that real sockets, with an
+Internet-sized segment and small buffers, behave as the fakes there do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import time
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from caretproto.idle import granularityFor
+from caretproto.rules import GREETING
+from tests.rawclient import settle
+from tests.test_caretclient import repliesIn
+from tests.twistd import LOOPBACK, Twistd
+from tests.workedexample import REFERENCE_REPLIES
+
+CLIENT = [sys.executable, "-m", "caretproto.caretclient"]
+
+SEGMENT = 1460
+"""An Internet-sized TCP segment (loopback's is 64 KiB)."""
+
+SMALL_BUFFER = 4096
+"""The non-readers' socket buffers: what they neither read nor send waits."""
+
+SENT = 4 * 1024 * 1024
+"""What each non-reader sends after C{^}: replies it will never take."""
+
+
+TCP_CLOSE = 7
+"""Linux's C{TCP_CLOSE} state: the connection is gone, a reset received."""
+
+
+def tcpState(handle: socket.socket) -> int:
+    """The kernel's state of a TCP socket (Linux's C{tcp_info.tcpi_state})."""
+    return handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+class NonReader(Protocol):
+    """
+    Opens a message, sends L{SENT} bytes of it and never reads a byte.
+
+    @ivar gone: fires with the time its connection was lost.
+    """
+
+    def __init__(self) -> None:
+        self.gone: Deferred[float] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.transport.write(b"^" + b"a" * SENT)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.gone.callback(time.monotonic())
+
+
+def nonReader(port: int) -> tuple[NonReader, int]:
+    """
+    A L{NonReader} connected to C{port} on 127.0.0.1 from a socket whose
+    segment size and buffers were set before it connected, as a client
+    across the Internet has them; and its own port number.
+    """
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SEGMENT)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        raw.connect(("127.0.0.1", port))
+        raw.setblocking(False)
+        protocol = NonReader()
+        factory = Factory.forProtocol(lambda: protocol)
+        reactor.adoptStreamConnection(  # type: ignore[attr-defined]
+            raw.fileno(), socket.AF_INET, factory
+        )
+        return protocol, raw.getsockname()[1]
+    finally:
+        # The reactor holds its own duplicate of the descriptor.
+        raw.close()
+
+
+@implementer(IHalfCloseableProtocol)
+class SilentClient(Protocol):
+    """
+    Takes its greeting, then sends nothing, and keeps its own side open
+    when the server closes: as a client that has gone away without a
+    word, or C{nc} left running, does.
+
+    @ivar greeted: fires when the greeting has come.
+    @ivar closed: fires with the time the server's close (EOF) came.
+    """
+
+    def __init__(self) -> None:
+        self.greeted: Deferred[None] = Deferred()
+        self.closed: Deferred[float] = Deferred()
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.received == GREETING:
+            self.greeted.callback(None)
+
+    def readConnectionLost(self) -> None:
+        self.closed.callback(time.monotonic())
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@pytest.mark.process
+class NonReaderTests(TestCase):
+    timeout = 60
+
+    async def test_clients_that_stop_reading_are_released_by_the_idle_timeout(
+        self,
+    ) -> None:
+        """
+        Five clients open a message, send 4 MiB with a small segment and
+        small buffers, and never read: the server stops reading them (flow
+        control), sees that they take none of their replies, and aborts
+        them, all within 12 s with C{--idle-timeout 3}; a reference client
+        on the same server is served meanwhile.
+        """
+        twistd = Twistd.start(self, "caret", "--port", LOOPBACK, "--idle-timeout", "3")
+        port = await twistd.serving()
+        started = time.monotonic()
+        clients = [nonReader(port) for _ in range(5)]
+        gone = gatherResults([client.gone for client, _clientPort in clients])
+        gone.addTimeout(12, reactor)
+        reference = getProcessOutputAndValue(
+            CLIENT[0], [*CLIENT[1:], "127.0.0.1", str(port)], env=dict(os.environ)
+        )
+        out, err, status = await reference
+        self.assertEqual((err, status), (b"", 0), out)
+        self.assertEqual(repliesIn(out.decode()), {"conn1": REFERENCE_REPLIES})
+        releasedAt = await gone
+        self.assertLess(max(releasedAt) - started, 12)
+        for _protocol, clientPort in clients:
+            [abort] = await twistd.logged(
+                rf"127\.0\.0\.1:{clientPort} did not take its replies for 3\.0s "
+                r"while its reading was paused: aborting with (\d+) bytes unsent"
+            )
+            self.assertGreater(int(abort[1]), 0)
+            await twistd.logged(rf"127\.0\.0\.1:{clientPort} disconnected after")
+
+
+@pytest.mark.process
+class SilentClientTests(TestCase):
+    timeout = 60
+
+    async def test_a_silent_client_is_closed_fully_at_one_timeout(self) -> None:
+        """
+        Nothing is owed to a client that only took its greeting: at the idle
+        timeout the server closes the connection, not just its sending
+        side, so the descriptor is free then, not a second timeout later.
+        The client sees the close, and a byte it sends after it is answered
+        with a reset: nobody reads on the server's side any more.
+        """
+        timeout = 2.0
+        late = granularityFor(timeout) + 0.75  # a tick, and a loaded machine
+        twistd = Twistd.start(
+            self, "caret", "--port", LOOPBACK, "--idle-timeout", str(timeout)
+        )
+        port = await twistd.serving()
+        client = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port), SilentClient()
+        )
+        await client.greeted
+        greetedAt = time.monotonic()
+        assert client.transport is not None
+        clientPort = client.transport.getHost().port  # type: ignore[attr-defined]
+        closedAt = await client.closed
+        self.assertGreaterEqual(closedAt - greetedAt, timeout - 0.1)
+        self.assertLess(closedAt - greetedAt, timeout + late)
+        # The server's descriptor is closed: what the client sends now is
+        # answered with a reset, which ends the connection in the kernel.
+        client.transport.write(b"^late")
+        handle = client.transport.getHandle()  # type: ignore[attr-defined]
+        await settle(lambda: tcpState(handle) == TCP_CLOSE, timeout=late)
+        self.assertLess(time.monotonic() - greetedAt, timeout + 2 * late)
+        [line] = await twistd.logged(
+            rf"127\.0\.0\.1:{clientPort} disconnected after (\d+\.\d+)s"
+        )
+        self.assertLess(float(line[1]), timeout + late)
+        self.assertEqual(
+            twistd.count(
+                rf"127\.0\.0\.1:{clientPort} sent nothing for 2\.0s: closing$"
+            ),
+            1,
+        )
+        self.assertIsNone(re.search("did not take its replies", twistd.output))
