@@ -10,11 +10,13 @@ Internet-sized segment and small buffers, behave as the fakes there do.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from twisted.internet import reactor
@@ -30,6 +32,7 @@ from zope.interface import implementer
 from caretproto.idle import granularityFor
 from caretproto.rules import GREETING
 from tests.rawclient import settle
+from tests.tempfolder import shortTempPath
 from tests.test_caretclient import repliesIn
 from tests.twistd import LOOPBACK, Twistd
 from tests.workedexample import REFERENCE_REPLIES
@@ -187,14 +190,14 @@ class SilentClientTests(TestCase):
         await client.greeted
         greetedAt = time.monotonic()
         assert client.transport is not None
-        clientPort = client.transport.getHost().port  # type: ignore[attr-defined]
+        clientPort = client.transport.getHost().port
         closedAt = await client.closed
         self.assertGreaterEqual(closedAt - greetedAt, timeout - 0.1)
         self.assertLess(closedAt - greetedAt, timeout + late)
         # The server's descriptor is closed: what the client sends now is
         # answered with a reset, which ends the connection in the kernel.
         client.transport.write(b"^late")
-        handle = client.transport.getHandle()  # type: ignore[attr-defined]
+        handle = client.transport.getHandle()
         await settle(lambda: tcpState(handle) == TCP_CLOSE, timeout=late)
         self.assertLess(time.monotonic() - greetedAt, timeout + 2 * late)
         [line] = await twistd.logged(
@@ -208,3 +211,39 @@ class SilentClientTests(TestCase):
             1,
         )
         self.assertIsNone(re.search("did not take its replies", twistd.output))
+
+
+HOSTILE = str(Path(__file__).parent.parent / "benchmarks" / "hostile.py")
+
+
+@pytest.mark.process
+class HostileScriptTests(TestCase):
+    """C{benchmarks/hostile.py}, small: five clients of each kind."""
+
+    timeout = 120
+
+    async def test_help_starts_nothing(self) -> None:
+        out, err, status = await getProcessOutputAndValue(
+            sys.executable, [HOSTILE, "--help"], env=dict(os.environ)
+        )
+        self.assertEqual((err, status), (b"", 0))
+        self.assertIn(b"non-readers", out)
+        self.assertNotIn(b"PASS", out)
+        self.assertNotIn(b"FAIL", out)
+
+    async def test_every_descriptor_comes_back(self) -> None:
+        record = Path(shortTempPath(self, "hostile.json"))
+        command = ["-n", "5", "--idle-timeout", "3", "--waves", "1"]
+        out, err, status = await getProcessOutputAndValue(
+            sys.executable,
+            [HOSTILE, *command, "--json", str(record)],
+            env=dict(os.environ),
+        )
+        self.assertEqual(status, 0, out + err)
+        figures = json.loads(record.read_text())["figures"]
+        before = figures["before"]["descriptors"]
+        [wave] = figures["waves"]
+        self.assertEqual(wave["during"]["descriptors"], before + 10)
+        self.assertEqual(wave["after"]["descriptors"], before)
+        self.assertEqual(wave["server_log"]["aborted_while_paused"], 5)
+        self.assertEqual(wave["server_log"]["closed_silent"], 5)

@@ -276,7 +276,7 @@ class UnsentBytesTests(SynchronousTestCase):
         session, transport, fake, _ = sessionOnSocket()
         fake.room = 0
         session.dataReceived(b"^abc")
-        wrapper = HAProxyProtocolWrapper(WrappingFactory(None), session)  # type: ignore[arg-type]
+        wrapper = HAProxyProtocolWrapper(WrappingFactory(None), session)
         wrapper.transport = transport
         self.assertEqual(unsentBytes(wrapper), 3)
 
@@ -291,7 +291,9 @@ class UnsentBytesTests(SynchronousTestCase):
         self.assertEqual(tls._appSendBuffer, [GREETING])
         self.assertEqual(unsentBytes(session.transport), len(GREETING))
         fake.room = 0
-        tls.transport.write(b"12345")
+        socketTransport = tls.transport
+        assert socketTransport is not None
+        socketTransport.write(b"12345")
         self.assertEqual(unsentBytes(session.transport), len(GREETING) + 5)
 
     def test_tls_started_on_the_socket_itself_cannot_tell(self) -> None:
