@@ -24,16 +24,21 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from caretproto.endpoints import clientEndpoint
 from caretproto.idle import granularityFor
 from caretproto.rules import GREETING
-from tests.rawclient import settle
+from tests.fakes import messages
+from tests.rawclient import RawClient, portNumbers, settle, startCommand
 from tests.tempfolder import shortTempPath
 from tests.test_caretclient import repliesIn
+from tests.test_tls import Certificates
 from tests.twistd import LOOPBACK, Twistd
 from tests.workedexample import REFERENCE_REPLIES
 
@@ -49,6 +54,8 @@ SENT = 4 * 1024 * 1024
 """What each non-reader sends after C{^}: replies it will never take."""
 
 
+TCP_ESTABLISHED = 1
+"""Linux's C{TCP_ESTABLISHED} state: neither side has closed."""
 TCP_CLOSE = 7
 """Linux's C{TCP_CLOSE} state: the connection is gone, a reset received."""
 
@@ -247,3 +254,83 @@ class HostileScriptTests(TestCase):
         self.assertEqual(wave["after"]["descriptors"], before)
         self.assertEqual(wave["server_log"]["aborted_while_paused"], 5)
         self.assertEqual(wave["server_log"]["closed_silent"], 5)
+
+
+class TLSTests(TestCase):
+    """
+    The same rules over TLS, in this process: what the session's transport
+    holds unsent is then what waits in the TLS layer and under it in the
+    socket's buffers, and a TLS close waits for the client's, which a silent
+    client never sends.
+    """
+
+    timeout = 60
+
+    LATE = 2 * granularityFor(2) + 0.5
+    """
+    How late an end may come: two ticks (the close of a TLS session that
+    owes nothing, then its abort), and a loaded machine; well short of a
+    second timeout.
+    """
+
+    def setUp(self) -> None:
+        self.certificates = Certificates(self)
+        self.caret = startCommand(
+            self, "--port", self.certificates.port(), "--idle-timeout", "2"
+        )
+        [self.port] = portNumbers(self.caret)
+        self.logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    async def connect(self) -> RawClient:
+        endpoint = clientEndpoint(
+            reactor, "127.0.0.1", self.port, tls=True, ca=self.certificates.ca
+        )
+        client = await connectProtocol(endpoint, RawClient())
+        await client.receivedAtLeast(len(GREETING))
+        return client
+
+    async def test_a_client_that_stops_reading_is_aborted(self) -> None:
+        client = await self.connect()
+        transport = client.transport
+        assert transport is not None
+        transport.pauseProducing()  # type: ignore[attr-defined]
+        [session] = self.caret.factory.sessions
+        # Small buffers, so that replies back up into the server's process.
+        tcp = transport.transport  # type: ignore[attr-defined]
+        tcp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+        transport.write(b"^" + b"a" * SENT)
+        await settle(lambda: session.paused)
+        pausedAt = time.monotonic()
+        await self.caret.factory.whenIdle()
+        self.assertLess(time.monotonic() - pausedAt, 2 + self.LATE)
+        # The client, reading nothing and with nothing left to write, learns
+        # of the abort only from its kernel: the connection was reset.
+        handle = tcp.getHandle()
+        await settle(lambda: tcpState(handle) == TCP_CLOSE)
+        transport.abortConnection()  # type: ignore[attr-defined]
+        await client.done
+        self.assertTrue(
+            any(
+                "did not take its replies for 2.0s while its reading was paused" in line
+                for line in messages(self.logged)
+            ),
+            messages(self.logged),
+        )
+
+    async def test_a_silent_client_is_closed_at_one_timeout(self) -> None:
+        """
+        One that does not even read the server's TLS close, and so never
+        answers it, is closed all the same, at the tick after it.
+        """
+        client = await self.connect()
+        greetedAt = time.monotonic()
+        transport = client.transport
+        assert transport is not None
+        transport.pauseProducing()  # type: ignore[attr-defined]
+        await self.caret.factory.whenIdle()
+        self.assertLess(time.monotonic() - greetedAt, 2 + self.LATE)
+        self.assertFalse(any("did not take" in line for line in messages(self.logged)))
+        handle = transport.transport.getHandle()  # type: ignore[attr-defined]
+        await settle(lambda: tcpState(handle) != TCP_ESTABLISHED)
+        transport.abortConnection()  # type: ignore[attr-defined]
+        await client.done
