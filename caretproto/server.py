@@ -305,19 +305,24 @@ class CaretProtocol(Protocol):
         if now - self._lastProgress < timeout:
             return now
         self._idleTracked = False
-        self._log.info(
-            "{peer} did not take its replies for {timeout}s "
-            + (
-                "after being closed for idleness"
-                if self.idleClosing
-                else "while its reading was paused"
+        # What is abandoned, when the transport can tell.
+        unsent = "" if owed is None else " with {owed} bytes unsent"
+        if self.idleClosing:
+            self._log.info(
+                "{peer} did not take its replies for {timeout}s after being "
+                "closed for idleness: aborting" + unsent,
+                peer=self.peer,
+                timeout=timeout,
+                owed=owed,
             )
-            + ": aborting"
-            + ("" if owed is None else " with {owed} bytes unsent"),
-            peer=self.peer,
-            timeout=timeout,
-            owed=owed,
-        )
+        else:
+            self._log.info(
+                "{peer} did not take its replies for {timeout}s while its "
+                "reading was paused: aborting" + unsent,
+                peer=self.peer,
+                timeout=timeout,
+                owed=owed,
+            )
         self.transport.abortConnection()
         return None
 
