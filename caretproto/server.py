@@ -20,7 +20,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
-    IDelayedCall,
     IHalfCloseableProtocol,
     IPushProducer,
     IReactorTime,
@@ -32,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from caretproto.connections import IAcceptor, RefusalLog, describeAddress, peerHost
+from caretproto.idle import LONGEST_TICK, IdleWheel, granularityFor, unsentBytes
 from caretproto.rules import GREETING, State, feed
 from caretproto.writenow import socketTransport, writeNow
 
@@ -63,10 +63,12 @@ class CaretProtocol(Protocol):
     to stop reading then would stall the handshake, and so the session,
     forever (Twisted issue 6385).  Until a reply is owed nothing can back up.
 
-    With the factory's C{idleTimeout}, a session whose client sends nothing
-    for that long is closed.  Only time spent reading counts: while flow
-    control has stopped reading, the session cannot know whether its client
-    is sending, so it is not idle.
+    With the factory's C{idleTimeout}, a session whose client neither sends
+    anything nor takes any of its replies for that long is ended: one that
+    sent nothing while reading is closed (at once if nothing is owed, or
+    once what is owed is taken); one that flow control paused, and whose
+    client takes none of the replies holding it up, is aborted.  The
+    factory's L{IdleWheel} does the timing, on one timer for every session.
 
     A connection is not a session until L{greet}: the factory may first
     L{hold} it, unread and ungreeted, until a session ends.
@@ -104,9 +106,9 @@ class CaretProtocol(Protocol):
     _finishing = False
     _lingering = False
     _readClosed = False
-    _idleCall: IDelayedCall | None = None
-    _idlePeriod: float | None = None
-    _lastRead = 0.0
+    _idleTracked = False
+    _lastProgress = 0.0
+    _owed: int | None = None
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
@@ -139,7 +141,7 @@ class CaretProtocol(Protocol):
         self.startedAt = time.monotonic()
         self._log.info("{peer} connected", peer=self.peer)
         self.factory.sessionStarted(self)
-        self._setIdleTimeout(self.factory.idleTimeout)
+        self._watchIdle()
         writeNow(self.transport, GREETING)
         self.bytesSent = len(GREETING)
 
@@ -148,8 +150,8 @@ class CaretProtocol(Protocol):
         if self._lingering:
             # Dropped, and no reason to keep the session: see finish.
             return
-        if self._idleCall is not None:
-            self._lastRead = self.factory.clock.seconds()
+        if self._idleTracked:
+            self._lastProgress = self.factory.clock.seconds()
         self.state, reply, ended = feed(self.state, data)
         self.messages += ended
         if reply:
@@ -174,12 +176,7 @@ class CaretProtocol(Protocol):
         session (C{idleTimeout}, the shutdown timeout) still abort a client
         that never closes.
         """
-        # No producer from now on: a transport closes only once its producer
-        # is gone (TLS would otherwise never send its close).
-        self._finishing = True
-        if self._producing:
-            self._producing = False
-            self.transport.unregisterProducer()
+        self._stopProducing()
         connection = socketTransport(self.transport)
         if self._readClosed or not self.greeted or connection is None:
             self.transport.loseConnection()
@@ -204,66 +201,148 @@ class CaretProtocol(Protocol):
     def writeConnectionLost(self) -> None:
         """
         Every owed reply has gone after L{finish}: the client closes next.
+        One closed for idleness, which is not likely to, is closed at once.
         """
+        if self.idleClosing:
+            self.transport.loseConnection()
 
-    def _setIdleTimeout(self, period: float | None) -> None:
+    def _stopProducing(self) -> None:
         """
-        Count idle time from now, closing the session after C{period} seconds
-        without a read; or, given C{None}, stop counting.
-
-        A read only notes its time; the timer, when it fires, sets itself
-        again for what is left since the last read.  Twisted's
-        C{TimeoutMixin} instead reschedules its timer on every read: with it
-        the server spent 12.34 µs of CPU time a round, with this 11.89 (rr on
-        100 connections with benchmarks/cload.c, the default idle timeout,
-        medians of seven interleaved runs of 1.5 s, 2-core machine).  The
-        session is closed at the same moment either way: C{idleTimeout}
-        after its last read.
+        Answer nothing more.  No producer from now on: a transport closes
+        only once its producer is gone (TLS would otherwise never send its
+        close).
         """
-        if self._idleCall is not None:
-            if self._idleCall.active():
-                self._idleCall.cancel()
-            self._idleCall = None
-        self._idlePeriod = period
-        if period is not None:
-            self._lastRead = self.factory.clock.seconds()
-            self._idleCall = self.factory.clock.callLater(period, self._idleCheck)
+        self._finishing = True
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
 
-    def _idleCheck(self) -> None:
-        """The idle timer fired: close the session, or wait out the rest."""
-        assert self._idlePeriod is not None
-        clock = self.factory.clock
-        due = self._lastRead + self._idlePeriod
-        now = clock.seconds()
-        if due > now:
-            self._idleCall = clock.callLater(due - now, self._idleCheck)
+    def _watchIdle(self) -> None:
+        """
+        Count idle time from now, if the factory has an C{idleTimeout}: the
+        session is filed on the factory's L{IdleWheel} for its deadline.
+
+        A read only notes its time (L{dataReceived}); when the deadline's
+        tick comes, L{idleCheck} files the session again for what is left
+        since the last read.  Twisted's C{TimeoutMixin} instead reschedules a
+        timer per connection on every read, which costs CPU time on every
+        round (docs/benchmarks.rst) and a C{DelayedCall} per connection.
+        """
+        timeout = self.factory.idleTimeout
+        if timeout is None:
             return
-        self._idleCall = None
-        self.timeoutConnection()
+        now = self.factory.clock.seconds()
+        self._idleTracked = True
+        self._lastProgress = now
+        self.factory.idleWheelOnClock().schedule(self, now + timeout)
+
+    def _unwatchIdle(self) -> None:
+        """Stop counting idle time."""
+        if self._idleTracked:
+            self._idleTracked = False
+            self.factory.idleWheel.discard(self)
+
+    def idleCheck(self, now: float) -> float | None:
+        """
+        The factory's idle wheel asks whether the session is idle at C{now}:
+        end it if it is, and say when to look again (L{None}: never).
+
+        Reading, the session is idle once C{idleTimeout} has passed since
+        its last read.  Paused by flow control, or closed for idleness with
+        replies still owed, it cannot read (or drops what it reads), so the
+        only progress left is its client taking replies: it samples, each
+        tick, what its transport holds unsent (L{unsentBytes}), and is idle
+        once that has not shrunk for C{idleTimeout}.  On a transport that
+        cannot tell (neither a socket nor TLS over one), nothing counts as
+        taken: a paused session gets C{idleTimeout} to drain entirely.
+        """
+        timeout = self.factory.idleTimeout
+        if timeout is None:
+            self._idleTracked = False
+            return None
+        if not (self.paused or self.idleClosing):
+            due = self._lastProgress + timeout
+            if due > now:
+                return due
+            self.timeoutConnection()
+            return now if self._idleTracked else None
+        owed = unsentBytes(self.transport)
+        if owed is not None:
+            if self._owed is not None and owed < self._owed:
+                self._lastProgress = now
+            self._owed = owed
+            if owed == 0 and self.idleClosing:
+                # Everything owed is the kernel's to deliver now, and a TLS
+                # close would wait for the client's: nothing is lost here.
+                self._idleTracked = False
+                self.transport.abortConnection()
+                return None
+        if now - self._lastProgress < timeout:
+            return now
+        self._idleTracked = False
+        # What is abandoned, when the transport can tell.
+        unsent = "" if owed is None else " with {owed} bytes unsent"
+        if self.idleClosing:
+            self._log.info(
+                "{peer} did not take its replies for {timeout}s after being "
+                "closed for idleness: aborting" + unsent,
+                peer=self.peer,
+                timeout=timeout,
+                owed=owed,
+            )
+        else:
+            self._log.info(
+                "{peer} did not take its replies for {timeout}s while its "
+                "reading was paused: aborting" + unsent,
+                peer=self.peer,
+                timeout=timeout,
+                owed=owed,
+            )
+        self.transport.abortConnection()
+        return None
 
     def timeoutConnection(self) -> None:
         """
-        The client sent nothing for C{idleTimeout} seconds: end the session
-        as the protocol does, delivering what is owed.  A client that does
-        not even take those replies within another C{idleTimeout} is cut off.
+        The client sent nothing for C{idleTimeout} seconds: end the session.
+
+        If every reply owed has been handed to the kernel, the connection is
+        closed at once, fully: its client sent nothing for so long that no
+        unread input can make the kernel reset it, and what the kernel holds
+        it still delivers.  Otherwise the session ends as the protocol ends
+        it, delivering what is owed, and is closed once that has gone; a
+        client that takes none of it for another C{idleTimeout} is cut off
+        (L{idleCheck}).
         """
-        if self.idleClosing:
-            self._log.info(
-                "{peer} did not take its replies within {timeout}s of being "
-                "closed for idleness: aborting",
-                peer=self.peer,
-                timeout=self.factory.idleTimeout,
-            )
-            self.transport.abortConnection()
-            return
-        self._log.info(
-            "{peer} sent nothing for {timeout}s: closing",
-            peer=self.peer,
-            timeout=self.factory.idleTimeout,
-        )
+        timeout = self.factory.idleTimeout
         self.idleClosing = True
-        self.finish()
-        self._setIdleTimeout(self.factory.idleTimeout)
+        self._owed = owed = unsentBytes(self.transport)
+        if owed == 0:
+            self._log.info(
+                "{peer} sent nothing for {timeout}s: closing",
+                peer=self.peer,
+                timeout=timeout,
+            )
+            self._stopProducing()
+            self.transport.loseConnection()
+            return
+        if owed is None:
+            self._log.info(
+                "{peer} sent nothing for {timeout}s: closing",
+                peer=self.peer,
+                timeout=timeout,
+            )
+        else:
+            self._log.info(
+                "{peer} sent nothing for {timeout}s: closing once its {owed} "
+                "owed bytes are taken",
+                peer=self.peer,
+                timeout=timeout,
+                owed=owed,
+            )
+        # The second period, for the owed replies, counts from now.
+        self._lastProgress = self.factory.clock.seconds()
+        if not self._finishing:
+            self.finish()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self in self.factory.arriving:
@@ -271,7 +350,7 @@ class CaretProtocol(Protocol):
             self.factory.connectionSettled(self)
         if not self.admitted:
             return
-        self._setIdleTimeout(None)
+        self._unwatchIdle()
         self.factory.peerLeft(self.transport.getPeer())
         if not self.greeted:
             self.factory.sessionAbandoned(self)
@@ -298,18 +377,23 @@ class CaretProtocol(Protocol):
 
     def pauseProducing(self) -> None:
         """
-        Unsent replies passed the high-water mark: stop reading, and stop
-        counting idle time, which only reading can refute.
+        Unsent replies passed the high-water mark: stop reading.  From now
+        on only the client taking replies shows progress, which the idle
+        wheel looks for each tick (L{idleCheck}).
         """
         self.paused = True
         self.pauses += 1
-        self._setIdleTimeout(None)
+        if self._idleTracked:
+            self._owed = unsentBytes(self.transport)
+            now = self.factory.clock.seconds()
+            self.factory.idleWheelOnClock().schedule(self, now)
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         """The replies drained: read again, and count idle time from now."""
         self.paused = False
-        self._setIdleTimeout(self.factory.idleTimeout)
+        if self._idleTracked:
+            self._lastProgress = self.factory.clock.seconds()
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -360,21 +444,22 @@ class CaretFactory(_ServerFactory):
         session, so a draining service waits for it as for one.
     @ivar waiting: connections held for a free session, oldest first.
     @ivar acceptor: what accepts this factory's connections, once known.
-    @ivar idleTimeout: seconds a session may go without receiving a byte
-        before it is closed, or C{None} (the default) for no limit.
+    @ivar idleWheel: the one timer of every session's idle timeout, ticking
+        only while a session is tracked; see L{caretproto.idle}.
     @ivar maxPerPeer: the most connections one IP address may hold at once
         (sessions and held connections alike), or C{None} (the default) for
         no limit.
     @ivar connectionsByPeer: with C{maxPerPeer}, the connections each IP
         address holds.
-    @ivar clock: the timer for idle timeouts and the per-peer log.
+    @ivar clock: the timer for idle timeouts and the per-peer log; the idle
+        wheel moves to a new one when it next files a session.
     @ivar endObservers: callables given each session as it ends, after it has
         left C{sessions} and with its counters final; how metrics learn of
         ended sessions without a subclass.
     """
 
     protocol = CaretProtocol
-    idleTimeout: float | None = None
+    _idleTimeout: float | None = None
     maxPerPeer: int | None = None
 
     def __init__(
@@ -385,6 +470,7 @@ class CaretFactory(_ServerFactory):
 
             clock = reactor
         self.clock: IReactorTime = clock
+        self.idleWheel = IdleWheel(clock, LONGEST_TICK)
         self.maxSessions = maxSessions
         self.sessions: set[CaretProtocol] = set()
         self.arriving: set[CaretProtocol] = set()
@@ -402,6 +488,37 @@ class CaretFactory(_ServerFactory):
         self.endObservers: list[Callable[[CaretProtocol], object]] = []
         self._idleWaiters: list[Deferred[None]] = []
         self._endWaiters: list[Deferred[None]] = []
+
+    @property
+    def idleTimeout(self) -> float | None:
+        """
+        Seconds a session may go neither receiving a byte nor having its
+        client take a reply before it is ended, or C{None} (the default)
+        for no limit.  Set anew, it applies at once to every session,
+        counted from its last read (from now, for sessions that had no
+        limit); set to C{None}, no session is timed any more.
+        """
+        return self._idleTimeout
+
+    @idleTimeout.setter
+    def idleTimeout(self, timeout: float | None) -> None:
+        was, self._idleTimeout = self._idleTimeout, timeout
+        if timeout is None:
+            for session in self.sessions:
+                session._idleTracked = False
+            self.idleWheel.clear()
+            return
+        self.idleWheelOnClock().granularity = granularityFor(timeout)
+        if was is None:
+            for session in self.sessions:
+                session._watchIdle()
+
+    def idleWheelOnClock(self) -> IdleWheel:
+        """L{idleWheel}, on the factory's L{clock}, whichever it is now."""
+        wheel = self.idleWheel
+        if wheel.clock is not self.clock:
+            wheel.setClock(self.clock)
+        return wheel
 
     def peerArrived(self, address: IAddress | None) -> bool:
         """

@@ -1,0 +1,506 @@
+"""
+Hostile clients against a real `twistd -n caret`, started here on a loopback
+port: N clients that open a message, fill the server's buffers and never
+read, and N clients that take their greeting and then say nothing.  It
+reports what they hold of the server and of the kernel, and whether the idle
+timeout gives it all back:
+
+  - the server's descriptors (/proc/PID/fd) and resident memory (VmRSS);
+  - the kernel's TCP socket memory (/proc/net/sockstat, "mem", in pages;
+    on loopback both ends of each connection count);
+
+before the clients connect, and, for each wave of clients, while all are
+held and after the timeout.  It exits with status 1 if any descriptor the
+clients took is not given back, if a client's connection is still open at
+its end, or if the server's RSS, after the first wave's peak, ever rises
+more than --rss-bound MiB (default 16) above that peak, during a later wave
+or after a timeout.  That is the bound on memory: what a wave's sessions
+held is freed when they end, and the next wave uses it again, so nothing
+accumulates; but the C allocator keeps much of it for the process, so RSS
+after a timeout lies anywhere between its figure before the first wave and
+that peak (about 90 KiB per paused non-reader stays as free heap).
+
+    python benchmarks/hostile.py -n 1000 --idle-timeout 10
+    python benchmarks/hostile.py -n 1000 --idle-timeout 10 --json hostile.json
+
+A non-reader sets TCP_MAXSEG 1460 (an Internet-sized segment; loopback's is
+64 KiB) and 4 KiB socket buffers before it connects, sends "^" and then
+bytes until the server stops taking them, and never reads a byte, not even
+the greeting.  A silent client reads the greeting and nothing else.  Both
+kinds stay connected until the server ends them; the script never closes
+them first.  Bounded: at most 5,000 of each, loopback only, and every wait
+has a deadline.  Linux only (it reads /proc).
+
+Its record (command, commit, machine, figures) is JSON, on standard output
+after the readable report, or in --json FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+MOST = 5000
+"""The most clients of each kind the script will open."""
+
+SEGMENT = 1460
+SMALL_BUFFER = 4096
+CHUNK = 64 * 1024
+CAP = 16 * MiB
+"""The most one non-reader sends, whether or not the server still takes it."""
+
+TCP_STATES = {1: "established", 7: "closed (reset)", 8: "close-wait (FIN seen)"}
+
+
+def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-n",
+        "--clients",
+        type=int,
+        default=1000,
+        help="how many clients of each kind (default 1000, at most 5000)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=10.0,
+        help="the server's --idle-timeout, in seconds (default 10)",
+    )
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=2,
+        help="how many waves of clients, one after the other (default 2)",
+    )
+    parser.add_argument(
+        "--rss-bound",
+        type=float,
+        default=16.0,
+        help="MiB the server's RSS may rise above its peak with the first wave, "
+        "in later waves or after the timeouts (default 16)",
+    )
+    parser.add_argument(
+        "--fill-time",
+        type=float,
+        default=60.0,
+        help="seconds the non-readers may take to fill the buffers (default 60)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the record here")
+    parser.add_argument(
+        "--server-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="pass OPTION to twistd caret as well",
+    )
+    arguments = parser.parse_args(argv)
+    if not 1 <= arguments.clients <= MOST:
+        parser.error(f"--clients takes 1 to {MOST}")
+    if not 1 <= arguments.waves <= 10:
+        parser.error("--waves takes 1 to 10")
+    if arguments.idle_timeout <= 0:
+        parser.error("--idle-timeout takes a positive number of seconds")
+    return arguments
+
+
+class Server:
+    """A C{twistd -n caret} child on 127.0.0.1, its log in a temporary file."""
+
+    def __init__(self, process: subprocess.Popen[bytes], logPath: str, port: int):
+        self.process = process
+        self.logPath = logPath
+        self.port = port
+
+    def descriptors(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def rss(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise KeyError("VmRSS")
+
+    def log(self) -> str:
+        """
+        Its whole log so far: twistd's log file rotates at 1 MB, keeping
+        every rotated file, numbered from the latest.
+        """
+        path = Path(self.logPath)
+        rotated = sorted(
+            path.parent.glob(path.name + ".*"),
+            key=lambda older: int(older.suffix[1:]),
+            reverse=True,
+        )
+        return "".join(older.read_text(errors="replace") for older in [*rotated, path])
+
+
+@contextmanager
+def server(idleTimeout: float, *options: str) -> Iterator[Server]:
+    import caretproto
+    from caretproto.listening import waitForListening
+    from caretproto.rules import GREETING
+
+    # The server imports the caretproto this script does, and finds its
+    # twistd plugin beside it, wherever it runs from.
+    underTest = str(Path(caretproto.__file__).resolve().parent.parent)
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [underTest, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        logPath = os.path.join(directory, "caret.log")
+        process = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                f"--logfile={logPath}",
+                "caret",
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--idle-timeout",
+                repr(idleTimeout),
+                *options,
+            ],
+            cwd=directory,
+            env=environment,
+        )
+        try:
+            try:
+                [listening, *_] = waitForListening(logPath, process)
+            except RuntimeError as error:
+                raise SystemExit(str(error)) from None
+            assert listening.port is not None
+            # Listening comes before the reactor runs: wait for a greeting.
+            with socket.create_connection(("127.0.0.1", listening.port)) as probe:
+                if probe.recv(1) != GREETING:
+                    raise SystemExit("twistd listens but does not greet")
+            yield Server(process, logPath, listening.port)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def kernelTCP() -> dict[str, int]:
+    """The TCP line of /proc/net/sockstat: sockets in use, orphans, memory."""
+    with open("/proc/net/sockstat") as sockstat:
+        for line in sockstat:
+            if line.startswith("TCP:"):
+                fields = line.split()[1:]
+                return {
+                    name: int(value)
+                    for name, value in zip(fields[::2], fields[1::2], strict=True)
+                }
+    raise KeyError("TCP")
+
+
+def snapshot(caret: Server) -> dict[str, Any]:
+    tcp = kernelTCP()
+    page = os.sysconf("SC_PAGE_SIZE")
+    return {
+        "descriptors": caret.descriptors(),
+        "rss_mib": round(caret.rss() / MiB, 1),
+        "kernel_tcp_mem_pages": tcp["mem"],
+        "kernel_tcp_mem_mib": round(tcp["mem"] * page / MiB, 1),
+        "kernel_tcp_sockets": tcp["inuse"],
+        "kernel_tcp_orphans": tcp["orphan"],
+    }
+
+
+def connectAll(port: int, count: int, small: bool) -> list[socket.socket]:
+    """
+    C{count} connections to C{port}, made at once; with C{small}, each with
+    an Internet-sized segment and small buffers, set before connecting.
+    """
+    selector = selectors.DefaultSelector()
+    clients = []
+    for _ in range(count):
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if small:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SEGMENT)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+        selector.register(client, selectors.EVENT_WRITE)
+        clients.append(client)
+    connected = 0
+    while connected < count:
+        events = selector.select(timeout=30)
+        if not events:
+            raise SystemExit(f"only {connected} of {count} connected within 30s")
+        for key, _ in events:
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            error = ready.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise SystemExit(f"a connection failed: {os.strerror(error)}")
+            selector.unregister(ready)
+            connected += 1
+    return clients
+
+
+def fill(clients: list[socket.socket], deadline: float) -> tuple[int, int]:
+    """
+    Send C{^} and then bytes on every non-reader until the server takes no
+    more from any (three quiet rounds in a row), each reaches L{CAP}, or
+    C{deadline}; return the bytes sent and how many were still taking.
+    """
+    body = b"a" * CHUNK
+    sent = Counter[socket.socket]()
+    quiet = Counter[socket.socket]()
+    for client in clients:
+        client.send(b"^")
+    active = set(clients)
+    while active and time.monotonic() < deadline:
+        for client in list(active):
+            moved = 0
+            while sent[client] < CAP:
+                try:
+                    moved += client.send(body)
+                except BlockingIOError:
+                    break
+            sent[client] += moved
+            quiet[client] = 0 if moved else quiet[client] + 1
+            if quiet[client] >= 3 or sent[client] >= CAP:
+                active.discard(client)
+        time.sleep(0.2)
+    return sum(sent.values()), len(active)
+
+
+def greetAll(clients: list[socket.socket]) -> None:
+    from caretproto.rules import GREETING
+
+    selector = selectors.DefaultSelector()
+    for client in clients:
+        selector.register(client, selectors.EVENT_READ)
+    greeted = 0
+    while greeted < len(clients):
+        events = selector.select(timeout=30)
+        if not events:
+            raise SystemExit(f"only {greeted} of {len(clients)} greeted within 30s")
+        for key, _ in events:
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            if ready.recv(16) != GREETING:
+                raise SystemExit("a silent client got something but the greeting")
+            selector.unregister(ready)
+            greeted += 1
+
+
+def tcpState(client: socket.socket) -> int:
+    return client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+def commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def machine() -> dict[str, Any]:
+    import twisted
+
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "load_average": [round(load, 2) for load in os.getloadavg()],
+    }
+
+
+def wave(caret: Server, arguments: argparse.Namespace, before: int) -> dict[str, Any]:
+    """
+    One wave of hostile clients: connect them, hold them, wait until the
+    server has given back every descriptor they took (C{before} is its count
+    without them), and leave them closed.
+    """
+    count, timeout = arguments.clients, arguments.idle_timeout
+    began = time.monotonic()
+    logged = caret.log().count
+    nonReaders = connectAll(caret.port, count, small=True)
+    sent, stillTaking = fill(nonReaders, began + arguments.fill_time)
+    silent = connectAll(caret.port, count, small=False)
+    greetAll(silent)
+    heldAt = time.monotonic()
+    during = snapshot(caret)
+    # Every client is ended by the server: the non-readers at most a timeout
+    # and a tick after they last took a reply, the silent ones a timeout and
+    # a tick after their greeting.  Wait for the descriptors to come back,
+    # and give up at twice as long again.
+    deadline = heldAt + 2 * timeout + 30
+    releasedAt = None
+    while time.monotonic() < deadline:
+        if caret.descriptors() <= before:
+            releasedAt = time.monotonic()
+            break
+        time.sleep(0.1)
+    time.sleep(1)
+    after = snapshot(caret)
+    states = Counter(
+        TCP_STATES.get(tcpState(client), "other") for client in nonReaders + silent
+    )
+    log = caret.log().count
+    for client in nonReaders + silent:
+        client.close()
+    return {
+        "non_readers_sent_mib": round(sent / MiB, 1),
+        "non_readers_still_taking_when_held": stillTaking,
+        "held_after_s": round(heldAt - began, 1),
+        "all_held": during["descriptors"] == before + 2 * count,
+        "released_after_held_s": (
+            None if releasedAt is None else round(releasedAt - heldAt, 1)
+        ),
+        "during": during,
+        "after": after,
+        "client_states_at_end": dict(states),
+        "server_log": {
+            name: log(line) - logged(line)
+            for name, line in [
+                ("aborted_while_paused", "while its reading was paused: abort"),
+                ("aborted_after_idle_close", "after being closed for idleness: abort"),
+                ("closed_silent", "s: closing\n"),
+                ("closed_once_owed_taken", "owed bytes are taken"),
+            ]
+        },
+    }
+
+
+def run(arguments: argparse.Namespace) -> dict[str, Any]:
+    with server(arguments.idle_timeout, *arguments.server_option) as caret:
+        # Warm up the allocator and the log with a few hundred sessions.
+        for client in connectAll(caret.port, 200, small=False):
+            client.close()
+        time.sleep(1)
+        before = snapshot(caret)
+        waves = [
+            wave(caret, arguments, before["descriptors"])
+            for _ in range(arguments.waves)
+        ]
+    released = all(
+        one["after"]["descriptors"] <= before["descriptors"] for one in waves
+    )
+    closed = all(
+        not {"established", "other"} & set(one["client_states_at_end"]) for one in waves
+    )
+    peak = waves[0]["during"]["rss_mib"]
+    highest = max(
+        max(one["during"]["rss_mib"], one["after"]["rss_mib"]) for one in waves
+    )
+    rssBack = highest <= peak + arguments.rss_bound
+    return {
+        "clients_of_each_kind": arguments.clients,
+        "idle_timeout_s": arguments.idle_timeout,
+        "before": before,
+        "waves": waves,
+        "rss_above_first_peak_mib": round(highest - peak, 1),
+        "rss_bound_mib": arguments.rss_bound,
+        "descriptors_released": released,
+        "clients_closed": closed,
+        "rss_back_within_bound": rssBack,
+        "passed": released and closed and rssBack,
+    }
+
+
+def report(figures: dict[str, Any]) -> None:
+    count = figures["clients_of_each_kind"]
+    print(
+        f"{count} non-readers and {count} silent clients a wave, "
+        f"--idle-timeout {figures['idle_timeout_s']:g}"
+    )
+    rows = [("before", figures["before"])]
+    for number, one in enumerate(figures["waves"], 1):
+        print(
+            f"  wave {number}: non-readers sent {one['non_readers_sent_mib']} MiB "
+            f"({one['non_readers_still_taking_when_held']} still taking); all "
+            f"held {one['held_after_s']}s after the first connected"
+            + ("" if one["all_held"] else " (SOME ENDED BEFORE ALL WERE HELD)")
+            + "; every descriptor back "
+            + (
+                f"{one['released_after_held_s']}s after"
+                if one["released_after_held_s"] is not None
+                else "NOT within the wait"
+            )
+        )
+        print(f"    clients at the end: {one['client_states_at_end']}")
+        print(f"    server log: {one['server_log']}")
+        rows += [(f"during {number}", one["during"]), (f"after {number}", one["after"])]
+    for moment, snap in rows:
+        print(
+            f"  {moment:9s} descriptors {snap['descriptors']:6d}  RSS "
+            f"{snap['rss_mib']:7.1f} MiB  kernel TCP memory "
+            f"{snap['kernel_tcp_mem_mib']:7.1f} MiB "
+            f"({snap['kernel_tcp_mem_pages']} pages, "
+            f"{snap['kernel_tcp_sockets']} sockets)"
+        )
+    print(
+        f"  RSS at its highest after the first wave's peak, above it: "
+        f"{figures['rss_above_first_peak_mib']:+.1f} MiB "
+        f"(bound {figures['rss_bound_mib']:g})"
+    )
+    print(f"  {'PASS' if figures['passed'] else 'FAIL'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = parseArguments(argv)
+    from caretproto.openfiles import raiseOpenFilesLimit
+
+    raiseOpenFilesLimit(program="benchmarks/hostile.py")
+    figures = run(arguments)
+    report(figures)
+    record = {
+        "command": ["benchmarks/hostile.py", *sys.argv[1:]],
+        "commit": commit(),
+        "machine": machine(),
+        "figures": figures,
+    }
+    text = json.dumps(record, indent=2)
+    if arguments.json:
+        Path(arguments.json).write_text(text + "\n")
+    else:
+        print(text)
+    sys.exit(0 if figures["passed"] else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+# -*- test-case-name: tests.test_idle_wheel -*-
+"""
+Idle deadlines for many connections on one timer: a timing wheel, and a way
+to see whether a connection's client is taking its replies.
+
+L{IdleWheel} keeps every tracked connection in a bucket by the tick of its
+next check, and runs one reactor timer, set for the earliest bucket, for all
+of them; with nothing tracked it has no timer at all.  A connection's own
+bookkeeping stays its own: a read only notes its time, and when its bucket
+comes round the connection's L{Idler.idleCheck} decides whether it is idle
+or says when to look again.  Per connection this costs a set entry and a
+dict entry, where a timer each costs a C{DelayedCall} and a place in the
+reactor's heap.
+
+Deadlines are rounded up to the next tick, so a check happens no earlier
+than asked and less than one tick later: L{granularityFor} gives the tick of
+a timeout, a sixteenth of it and never more than a second.
+
+L{unsentBytes} tells how many bytes a transport still holds unsent, which
+a session samples while it waits for its client to take replies: a figure
+that shrinks is a client reading.
+
+This module is not what decides idleness (L{caretproto.server.CaretProtocol}
+does) nor a general scheduler: use the reactor's C{callLater} for anything
+that must happen at an exact moment.
+"""
+
+from __future__ import annotations
+
+import math
+from heapq import heappop, heappush
+from typing import Any, Protocol
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+TICKS_PER_TIMEOUT = 16
+"""A timeout's tick is this fraction of it (L{granularityFor})."""
+
+LONGEST_TICK = 1.0
+"""The longest tick, in seconds, whatever the timeout."""
+
+
+def granularityFor(timeout: float) -> float:
+    """
+    The tick of an L{IdleWheel} for C{timeout}: a sixteenth of it, and never
+    more than a second, so that a connection is ended at most that much
+    after its deadline (about 0.3 % late with caret's default of 300 s).
+    """
+    return min(timeout / TICKS_PER_TIMEOUT, LONGEST_TICK)
+
+
+class Idler(Protocol):
+    """What an L{IdleWheel} tracks: something that can check itself."""
+
+    def idleCheck(self, now: float) -> float | None:
+        """
+        The time for this to be checked has come (C{now}, on the wheel's
+        clock): act, and return when to check again, or L{None} to be
+        forgotten.  A time not after C{now} means the next tick.
+        """
+
+
+class IdleWheel:
+    """
+    One timer for the idle checks of many connections.
+
+    Entries live in buckets keyed by tick number (time over L{granularity},
+    rounded up); a heap of the bucket keys gives the earliest, for which the
+    one timer is set.  A tick checks every entry of every bucket that is due
+    and files each again where its check says.
+
+    @ivar clock: the clock the timer runs on.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime, granularity: float) -> None:
+        self.clock = clock
+        self._granularity = granularity
+        self._buckets: dict[int, set[Idler]] = {}
+        self._keys: list[int] = []
+        self._where: dict[Idler, int] = {}
+        self._call: IDelayedCall | None = None
+        self._callKey: int | None = None
+        self._ticking = False
+        self._current = self._tickAt(clock.seconds())
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, entry: object) -> bool:
+        return entry in self._where
+
+    @property
+    def granularity(self) -> float:
+        """
+        Seconds per tick.  Set anew (the timeout changed), every entry is
+        checked at the next tick, where it files itself by its own deadline.
+        """
+        return self._granularity
+
+    @granularity.setter
+    def granularity(self, granularity: float) -> None:
+        if granularity == self._granularity:
+            return
+        entries = list(self._where)
+        self._forgetAll()
+        self._granularity = granularity
+        now = self.clock.seconds()
+        self._current = self._tickAt(now)
+        for entry in entries:
+            self.schedule(entry, now)
+
+    def setClock(self, clock: IReactorTime) -> None:
+        """Run on C{clock} from now on, moving the pending tick to it."""
+        entries = list(self._where)
+        self._forgetAll()
+        self.clock = clock
+        now = clock.seconds()
+        self._current = self._tickAt(now)
+        for entry in entries:
+            self.schedule(entry, now)
+
+    def _tickAt(self, when: float) -> int:
+        """The last tick at or before C{when}."""
+        tick = math.floor(when / self._granularity)
+        # Compare times as the timer computes them, so that a tick that is
+        # due by the timer is due here too, whatever the rounding.
+        while (tick + 1) * self._granularity <= when:
+            tick += 1
+        while tick * self._granularity > when:
+            tick -= 1
+        return tick
+
+    def schedule(self, entry: Idler, when: float) -> None:
+        """
+        Check C{entry} at the first tick at or after C{when}, and not at any
+        earlier time it was filed for; the next tick if C{when} has passed.
+        """
+        key = max(math.ceil(when / self._granularity), self._current + 1)
+        old = self._where.get(entry)
+        if old == key:
+            return
+        if old is not None:
+            self._buckets[old].discard(entry)
+        self._where[entry] = key
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = set()
+            heappush(self._keys, key)
+        bucket.add(entry)
+        if not self._ticking and (self._callKey is None or key < self._callKey):
+            self._arm()
+
+    def discard(self, entry: Idler) -> None:
+        """Stop tracking C{entry}, if tracked; with none left, stop the timer."""
+        key = self._where.pop(entry, None)
+        if key is None:
+            return
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.discard(entry)
+        if not self._where:
+            self._forgetAll()
+
+    def clear(self) -> None:
+        """Track nothing, and stop the timer."""
+        self._forgetAll()
+
+    def _forgetAll(self) -> None:
+        self._where.clear()
+        self._buckets.clear()
+        self._keys.clear()
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._callKey = None
+
+    def _arm(self) -> None:
+        """Set the one timer for the earliest bucket with anything in it."""
+        keys, buckets = self._keys, self._buckets
+        while keys and not buckets[keys[0]]:
+            del buckets[heappop(keys)]
+        if not keys:
+            self._cancel()
+            return
+        first = keys[0]
+        if self._callKey == first:
+            return
+        self._cancel()
+        delay = max(0.0, first * self._granularity - self.clock.seconds())
+        self._call = self.clock.callLater(delay, self._tick)
+        self._callKey = first
+
+    def _tick(self) -> None:
+        self._call = None
+        self._callKey = None
+        now = self.clock.seconds()
+        # Every check filed from here on goes to a later tick, so that an
+        # entry that asks to be checked "now" is not checked again at once.
+        self._current = current = self._tickAt(now)
+        keys, buckets, where = self._keys, self._buckets, self._where
+        self._ticking = True
+        try:
+            while keys and keys[0] <= current:
+                key = heappop(keys)
+                for entry in buckets.pop(key):
+                    # Lost, or filed elsewhere, by another entry's check.
+                    if where.get(entry) != key:
+                        continue
+                    del where[entry]
+                    try:
+                        again = entry.idleCheck(now)
+                    except Exception:
+                        # One connection's failure must not stop the
+                        # checks of all the others.
+                        self._log.failure("idle check of {entry!r} failed", entry=entry)
+                        continue
+                    if again is not None and entry not in where:
+                        self.schedule(entry, again)
+        finally:
+            self._ticking = False
+        if where:
+            self._arm()
+        else:
+            self._forgetAll()
+
+
+def unsentBytes(transport: Any) -> int | None:
+    """
+    How many bytes written to C{transport} it still holds, not yet taken by
+    the kernel: for a plain socket, Twisted's own buffers; under TLS, the
+    socket's buffers (of encrypted bytes), what waits for the handshake and
+    what waits a turn to be encrypted with the writes after it;
+    through a wrapper that only forwards writes (the PROXY protocol's), what
+    the transport under it holds.  L{None} if C{transport} is none of these
+    (a test's L{StringTransport}), so that nothing can be told.
+
+    Between two samples with nothing written meanwhile, a smaller figure
+    means the client took some replies.  It relies on attributes of
+    L{FileDescriptor} and L{TLSMemoryBIOProtocol} that Twisted does not
+    document; tests/test_idle_wheel.py pins them.
+    """
+    held = 0
+    while True:
+        if isinstance(transport, FileDescriptor):
+            if getattr(transport, "TLS", False):
+                # TLS started on the socket itself: its buffers hold
+                # encrypted bytes by another path.
+                return None
+            return (
+                held
+                + len(transport.dataBuffer)
+                - transport.offset
+                + transport._tempDataLen
+            )
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            held += sum(map(len, transport._appSendBuffer))
+            # Small writes wait a turn to be encrypted together (Twisted's
+            # BufferingTLSTransport, since 22.8).
+            aggregator = getattr(transport, "_aggregator", None)
+            held += sum(map(len, getattr(aggregator, "_buffer", ())))
+        elif type(transport).write is not ProtocolWrapper.write:
+            return None
+        transport = transport.transport
