@@ -414,7 +414,8 @@ async def loopbackPair(case: TestCase) -> tuple[tcp.Server, RawClient]:
         await server.lost
         await client.done
 
-    case.addCleanup(close)
+    # Trial before 24.3 does not await a coroutine given as a cleanup.
+    case.addCleanup(lambda: Deferred.fromCoroutine(close()))
     return transport, client
 
 
