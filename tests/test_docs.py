@@ -203,3 +203,31 @@ class OptionsPageTests(SynchronousTestCase):
         )
         for flags, description in entries:
             self.assertIn(f"{flags} {' '.join(description.split())}", unwrapped)
+
+    def test_the_options_docstring_lists_every_option_with_its_default(self) -> None:
+        """
+        The API page of C{caretproto.tap.Options} is its docstring, which
+        pydoctor reads from the source: it lists each option of C{--help}
+        (but C{--help} and C{--version}) with the default C{--help} gives.
+        """
+        sys.path.insert(0, str(REPO / "docs" / "_ext"))
+        self.addCleanup(sys.path.remove, str(REPO / "docs" / "_ext"))
+        from optionlist import optionEntries
+
+        docstring = " ".join((tap.Options.__doc__ or "").split())
+        bullets = {
+            match[1]: match[2]
+            for match in re.finditer(
+                r"- C\{--([\w-]+)[^}]*\}(.*?)(?= - C\{--|$)", docstring
+            )
+        }
+        shown = {}
+        for flags, description in optionEntries(tap.Options()):
+            name = flags.split(", ")[-1].strip("-=")
+            if name in ("help", "version"):
+                continue
+            default = re.search(r"\[default: ([^\]]+)\]", description)
+            shown[name] = default[1] if default else "none"
+        self.assertEqual(sorted(bullets), sorted(shown))
+        for name, default in shown.items():
+            self.assertIn(f"[default: {default}]", bullets[name], name)
