@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,29 @@ class DocumentedCommandsTests(TestCase):
             f"{command.line} tcp:host=127.0.0.1:port={ports[9090]}", command.output
         )
         self.assertEqual((yield self.runCommand(example, {})), command.output)
+
+    @inlineCallbacks
+    def test_the_deferred_client_example_prints_what_its_page_shows(self) -> Any:
+        ports = dict(
+            [(yield self.startServer(".venv/bin/twistd -n caret --port 9090"))]
+        )
+        # The page's second command names a port where nothing listens: here,
+        # one just closed.
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        ports[9099] = closed.getsockname()[1]
+        closed.close()
+        answered, refused = consoleCommands(
+            "docs/howto/client.rst", "The client with Deferreds: errors and timeouts"
+        )
+        self.assertEqual((yield self.runCommand(answered, ports)), answered.output)
+        line = withPorts(inVirtualEnvironment(refused.line, BINARIES), ports)
+        out, err, status = yield getProcessOutputAndValue(
+            "/bin/bash", ["-c", line], env=dict(os.environ), path=str(REPO)
+        )
+        self.assertEqual(
+            (status, (out + err).decode().splitlines()), (1, refused.output)
+        )
 
     @inlineCallbacks
     def test_a_bad_option_value_prints_what_the_pages_show(self) -> Any:
