@@ -198,6 +198,7 @@ class DocumentedCommandsTests(TestCase):
         for page, title in [
             ("docs/running.rst", "Options"),
             ("docs/limits.rst", "Limits and failure behaviour"),
+            ("docs/exposing.rst", "Trusted proxies"),
         ]:
             [command] = consoleCommands(page, title)[:1]
             line = inVirtualEnvironment(command.line, BINARIES)
