@@ -7,27 +7,36 @@ same file, under trial and under pytest.
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 import runpy
+import signal
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, IServiceCollection
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from caretproto import tap
 from caretproto.capacity import OpenFilesLimit
-from caretproto.client import ConnectionClosed, GreetingError
+from caretproto.client import ConnectionClosed, GreetingError, connect
 from caretproto.server import CaretFactory
 from caretproto.service import CaretService
 from caretproto.tap import CaretCommand
-from tests.docblocks import REPO
+from tests.docblocks import REPO, inVirtualEnvironment, literalLines
+from tests.tempfolder import tempFolder
 
 
 def howtoExample(name: str) -> ModuleType:
@@ -146,3 +155,74 @@ class ComposingExamplesTests(SynchronousTestCase):
         self.assertIsInstance(server, CaretService)
         self.assertEqual(server.factory.idleTimeout, tap.DEFAULT_IDLE_TIMEOUT)
         self.assertTrue(any(isinstance(s, OpenFilesLimit) for s in caret))
+
+
+def running(pid: int) -> bool:
+    """
+    Whether process C{pid} runs: it exists and is no zombie (a daemon's
+    parent is init, or whichever reaper the machine has, which may be slow).
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stopIfRunning(pid: int) -> None:
+    """Stop a daemon that a failed test left behind."""
+    if running(pid):
+        os.kill(pid, signal.SIGTERM)
+
+
+@pytest.mark.process
+class DaemonPageTests(TestCase):
+    """
+    docs/howto/daemon.rst's commands, run as the page shows them (with the
+    test environment's twistd and an ephemeral port on loopback), in a
+    folder of their own: start as a daemon, find the pid file and the log,
+    stop with kill, and the pid file is gone.
+    """
+
+    timeout = 60
+
+    def shell(self, command: str, folder: str) -> Deferred[tuple[bytes, bytes, int]]:
+        line = inVirtualEnvironment(command, str(Path(sys.executable).parent))
+        line = line.replace("--port 9090", "--port tcp:0:interface=127.0.0.1")
+        return getProcessOutputAndValue(
+            "/bin/bash", ["-c", line], env=dict(os.environ), path=folder
+        )
+
+    @inlineCallbacks
+    def test_start_then_stop_as_the_page_says(self) -> Any:
+        [start] = literalLines("docs/howto/daemon.rst", "Start")
+        [stop] = literalLines("docs/howto/daemon.rst", "Stop")
+        self.assertEqual(stop, "kill $(cat caret.pid)")
+        folder = Path(tempFolder(self))
+        out, err, status = yield self.shell(start, str(folder))
+        self.assertEqual(status, 0, (out, err))
+        # twistd returns once the daemon runs: the pid file names it, and
+        # the log says where it listens.
+        pid = int((folder / "caret.pid").read_text())
+        self.addCleanup(stopIfRunning, pid)
+        [address] = re.findall(
+            r"caret listening on (\S+)", (folder / "caret.log").read_text()
+        )
+        client = yield connect(reactor, f"tcp:host={address.replace(':', ':port=')}")
+        self.assertEqual((yield client.request(b"abc")), b"bcd")
+        client.close()
+        yield client.closed
+        out, err, status = yield self.shell(stop, str(folder))
+        self.assertEqual(status, 0, (out, err))
+        # The daemon is no child of ours: its end shows as its pid vanishing.
+        for _ in range(300):
+            if not running(pid):
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertFalse(running(pid))
+        self.assertFalse((folder / "caret.pid").exists())
+        self.assertIn("Server Shut Down.", (folder / "caret.log").read_text())
