@@ -127,3 +127,23 @@ class CheckNewsTests(SynchronousTestCase):
         status, out = self.check()
         self.assertEqual(status, 1)
         self.assertIn("newsfragments/3.bugfixes is not", out)
+
+    def test_a_commit_listed_as_exempt_passes_and_baseline_lists_them(
+        self,
+    ) -> None:
+        self.commit({"caretproto/a.py": "# x\n"}, "before the check")
+        baseline = subprocess.run(
+            [sys.executable, ".ci/check-news", "--baseline"],
+            cwd=self.repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        self.assertTrue(baseline.endswith(" before the check\n"), baseline)
+        (self.repo / ".ci" / "news-exempt").write_text(f"# old\n{baseline}")
+        self.assertEqual(self.check(), (0, ""))
+        self.commit({"caretproto/a.py": "# y\n"}, "after the check")
+        status, out = self.check()
+        self.assertEqual(status, 1)
+        self.assertNotIn("before the check", out)
+        self.assertIn("after the check", out)
