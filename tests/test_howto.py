@@ -21,7 +21,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, IServiceCollection
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -197,13 +197,12 @@ class DaemonPageTests(TestCase):
             "/bin/bash", ["-c", line], env=dict(os.environ), path=folder
         )
 
-    @inlineCallbacks
-    def test_start_then_stop_as_the_page_says(self) -> Any:
+    async def test_start_then_stop_as_the_page_says(self) -> None:
         [start] = literalLines("docs/howto/daemon.rst", "Start")
         [stop] = literalLines("docs/howto/daemon.rst", "Stop")
         self.assertEqual(stop, "kill $(cat caret.pid)")
         folder = Path(tempFolder(self))
-        out, err, status = yield self.shell(start, str(folder))
+        out, err, status = await self.shell(start, str(folder))
         self.assertEqual(status, 0, (out, err))
         # twistd returns once the daemon runs: the pid file names it, and
         # the log says where it listens.
@@ -212,17 +211,17 @@ class DaemonPageTests(TestCase):
         [address] = re.findall(
             r"caret listening on (\S+)", (folder / "caret.log").read_text()
         )
-        client = yield connect(reactor, f"tcp:host={address.replace(':', ':port=')}")
-        self.assertEqual((yield client.request(b"abc")), b"bcd")
+        client = await connect(reactor, f"tcp:host={address.replace(':', ':port=')}")
+        self.assertEqual(await client.request(b"abc"), b"bcd")
         client.close()
-        yield client.closed
-        out, err, status = yield self.shell(stop, str(folder))
+        await client.closed
+        out, err, status = await self.shell(stop, str(folder))
         self.assertEqual(status, 0, (out, err))
         # The daemon is no child of ours: its end shows as its pid vanishing.
         for _ in range(300):
             if not running(pid):
                 break
-            yield deferLater(reactor, 0.1, lambda: None)
+            await deferLater(reactor, 0.1, lambda: None)
         self.assertFalse(running(pid))
         self.assertFalse((folder / "caret.pid").exists())
         self.assertIn("Server Shut Down.", (folder / "caret.log").read_text())
