@@ -69,10 +69,19 @@ class OptionsDocstringTests(SynchronousTestCase):
             self.assertIn(f"[default: {default}]", bullets[name], name)
 
 
+def underTest() -> dict[str, str]:
+    """
+    This environment, with this tree first on C{PYTHONPATH}: the programs a
+    test starts import the C{caretproto} under test, and find its plugin.
+    """
+    rest = os.environ.get("PYTHONPATH", "")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), rest])))
+
+
 async def run(line: str) -> tuple[int, list[str]]:
     """Run C{line} in a shell at the repository's root: its status and output."""
     out, err, status = await getProcessOutputAndValue(
-        "/bin/bash", ["-c", line], env=dict(os.environ), path=str(REPO)
+        "/bin/bash", ["-c", line], env=underTest(), path=str(REPO)
     )
     return status, (out + err).decode().splitlines()
 

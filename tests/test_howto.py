@@ -37,6 +37,7 @@ from caretproto.service import CaretService
 from caretproto.tap import CaretCommand
 from tests.docblocks import REPO, inVirtualEnvironment, literalLines
 from tests.tempfolder import tempFolder
+from tests.test_docpages import underTest
 
 
 def howtoExample(name: str) -> ModuleType:
@@ -194,7 +195,7 @@ class DaemonPageTests(TestCase):
         line = inVirtualEnvironment(command, str(Path(sys.executable).parent))
         line = line.replace("--port 9090", "--port tcp:0:interface=127.0.0.1")
         return getProcessOutputAndValue(
-            "/bin/bash", ["-c", line], env=dict(os.environ), path=folder
+            "/bin/bash", ["-c", line], env=underTest(), path=folder
         )
 
     async def test_start_then_stop_as_the_page_says(self) -> None:
