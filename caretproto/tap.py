@@ -146,7 +146,30 @@ def inheritedDescriptors(environ: Mapping[str, str]) -> list[int] | None:
 
 class Options(usage.Options):
     """
-    Options of C{twistd caret} / C{twist caret}.
+    Options of C{twistd caret} / C{twist caret}.  Each, with its default
+    (C{twistd caret --help} and docs/running.rst describe them in full):
+
+      - C{--port ENDPOINT}, C{-p}: where to listen, a Twisted endpoint
+        description or a bare port number; may be given more than once.
+        [default: 9090]
+      - C{--backlog N}: listen queue size for endpoints given without
+        C{backlog=}. [default: 4096]
+      - C{--max-connections N|off}: the most sessions at once.
+        [default: off, no limit]
+      - C{--idle-timeout SECONDS|off}: close a connection that has sent
+        nothing for this long. [default: 300.0]
+      - C{--max-per-peer N|off}: the most connections at once from one IP
+        address. [default: off, no limit]
+      - C{--shutdown-timeout SECONDS}: how long sessions in progress may go
+        on after SIGTERM or SIGINT. [default: 10.0]
+      - C{--trusted-proxy ADDRESS}: whose PROXY protocol header to believe;
+        may be given more than once. [default: none trusted]
+      - C{--workers N|auto}: serve in this many worker processes.
+        [default: 1]
+      - C{--metrics ENDPOINT}: serve Prometheus metrics there.
+        [default: none]
+
+    tests/test_docs.py checks this list against the options themselves.
     """
 
     synopsis = "[--port ENDPOINT ...] [options]"

@@ -36,8 +36,8 @@ with the bytes.  TLS keeps Twisted's
 path: its writes go through OpenSSL, not straight to a socket.
 
 This is not a transport and not a general speed-up of Twisted: it relies on
-attributes of L{twisted.internet.abstract.FileDescriptor} and
-L{twisted.internet.tcp.Connection} that Twisted does not document (its
+attributes of C{twisted.internet.abstract.FileDescriptor} and
+C{twisted.internet.tcp.Connection} that Twisted does not document (its
 buffers and write state), and tests/test_writenow.py pins each of them.
 """
 
@@ -60,7 +60,7 @@ throttling) overrides it, and is left alone.
 def socketTransport(transport: Any) -> Connection | None:
     """
     The socket connection that C{transport}'s writes go to unchanged, or
-    L{None} if there is none (TLS, a test's L{StringTransport}).
+    C{None} if there is none (TLS, a test's C{StringTransport}).
     """
     while type(transport).write is _forwardingWrite:
         transport = transport.transport
