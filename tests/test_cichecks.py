@@ -118,6 +118,34 @@ class CheckNewsTests(SynchronousTestCase):
         )
         self.assertEqual(self.check(), (0, ""))
 
+    def merge(self, branch: dict[str, str], message: str) -> None:
+        """
+        Make a branch of one commit per item of C{branch} (file, text),
+        each without a fragment, and merge it with C{message}.
+        """
+        self.git("checkout", "-q", "-b", "topic")
+        for name, text in branch.items():
+            self.commit({name: text}, f"change {name}")
+        self.git("checkout", "-q", "-")
+        self.git("merge", "-q", "--no-ff", "-m", message, "topic")
+        self.git("branch", "-q", "-D", "topic")
+
+    def test_a_merged_branch_needs_one_fragment_for_all_its_commits(self) -> None:
+        self.merge(
+            {"caretproto/a.py": "# x\n", "newsfragments/3.feature": "New.\n"},
+            "Merge a feature",
+        )
+        self.assertEqual(self.check(), (0, ""))
+
+    def test_a_merged_branch_without_a_fragment_fails_naming_the_merge(
+        self,
+    ) -> None:
+        self.merge({"caretproto/a.py": "# x\n"}, "Merge a quiet branch")
+        status, out = self.check()
+        self.assertEqual(status, 1)
+        self.assertIn("Merge a quiet branch: changes caretproto/", out)
+        self.assertNotIn("change caretproto/a.py", out)
+
     def test_a_change_outside_caretproto_needs_no_fragment(self) -> None:
         self.commit({"docs/a.rst": "words\n"}, "docs")
         self.assertEqual(self.check(), (0, ""))
