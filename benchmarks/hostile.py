@@ -21,7 +21,7 @@ after a timeout lies anywhere between its figure before the first wave and
 that peak (about 90 KiB per paused non-reader stays as free heap).
 
     python benchmarks/hostile.py -n 1000 --idle-timeout 10
-    python benchmarks/hostile.py -n 1000 --idle-timeout 10 --json hostile.json
+    python benchmarks/hostile.py -n 1000 --idle-timeout 10 --write
 
 A non-reader sets TCP_MAXSEG 1460 (an Internet-sized segment; loopback's is
 64 KiB) and 4 KiB socket buffers before it connects, sends "^" and then
@@ -31,22 +31,17 @@ kinds stay connected until the server ends them; the script never closes
 them first.  Bounded: at most 5,000 of each, loopback only, and every wait
 has a deadline.  Linux only (it reads /proc).
 
-Its record (command, commit, machine, figures) is JSON, on standard output
-after the readable report, or in --json FILE.
+With --write, its record (command, commit, machine, figures) goes into
+docs/benchmarks.json as "hostile", which docs/exposing.rst shows.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import selectors
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -54,8 +49,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import harness
+
 MiB = 1024 * 1024
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 MOST = 5000
 """The most clients of each kind the script will open."""
 
@@ -104,7 +100,18 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
         default=60.0,
         help="seconds the non-readers may take to fill the buffers (default 60)",
     )
-    parser.add_argument("--json", metavar="FILE", help="write the record here")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="write the record 'hostile' into docs/benchmarks.json, where "
+        "docs/exposing.rst shows it",
+    )
+    parser.add_argument(
+        "--records",
+        type=Path,
+        default=harness.RECORDS,
+        help="where --write writes",
+    )
     parser.add_argument(
         "--server-option",
         action="append",
@@ -122,87 +129,43 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
     return arguments
 
 
-class Server:
-    """A C{twistd -n caret} child on 127.0.0.1, its log in a temporary file."""
-
-    def __init__(self, process: subprocess.Popen[bytes], logPath: str, port: int):
-        self.process = process
-        self.logPath = logPath
-        self.port = port
+class Caret(harness.Server):
+    """A C{twistd -n caret} child, started by the harness, as this script sees it."""
 
     def descriptors(self) -> int:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
     def rss(self) -> int:
+        """The server process's own resident memory (VmRSS), in bytes."""
         with open(f"/proc/{self.process.pid}/status") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         raise KeyError("VmRSS")
 
-    def log(self) -> str:
-        """
-        Its whole log so far: twistd's log file rotates at 1 MB, keeping
-        every rotated file, numbered from the latest.
-        """
-        path = Path(self.logPath)
-        rotated = sorted(
-            path.parent.glob(path.name + ".*"),
-            key=lambda older: int(older.suffix[1:]),
-            reverse=True,
-        )
-        return "".join(older.read_text(errors="replace") for older in [*rotated, path])
+    def logText(self) -> str:
+        """Its whole log so far."""
+        return self.log.read_text(errors="replace")
 
 
 @contextmanager
-def server(idleTimeout: float, *options: str) -> Iterator[Server]:
-    import caretproto
-    from caretproto.listening import waitForListening
+def server(idleTimeout: float, *options: str) -> Iterator[Caret]:
     from caretproto.rules import GREETING
 
-    # The server imports the caretproto this script does, and finds its
-    # twistd plugin beside it, wherever it runs from.
-    underTest = str(Path(caretproto.__file__).resolve().parent.parent)
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [underTest, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
-    )
-    with tempfile.TemporaryDirectory() as directory:
-        logPath = os.path.join(directory, "caret.log")
-        process = subprocess.Popen(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                f"--logfile={logPath}",
-                "caret",
-                "--port",
-                "tcp:0:interface=127.0.0.1",
-                "--idle-timeout",
-                repr(idleTimeout),
-                *options,
-            ],
-            cwd=directory,
-            env=environment,
-        )
+    command = harness.twistdCaret("--idle-timeout", repr(idleTimeout), *options)
+    with harness.logFolder("hostile") as folder:
         try:
-            try:
-                [listening, *_] = waitForListening(logPath, process)
-            except RuntimeError as error:
-                raise SystemExit(str(error)) from None
-            assert listening.port is not None
+            caret = Caret("twistd -n caret", command, folder)
+        except RuntimeError as error:
+            raise SystemExit(str(error)) from None
+        try:
             # Listening comes before the reactor runs: wait for a greeting.
-            with socket.create_connection(("127.0.0.1", listening.port)) as probe:
+            with socket.create_connection(("127.0.0.1", caret.port)) as probe:
                 if probe.recv(1) != GREETING:
                     raise SystemExit("twistd listens but does not greet")
-            yield Server(process, logPath, listening.port)
+            yield caret
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            caret.stop()
 
 
 def kernelTCP() -> dict[str, int]:
@@ -218,7 +181,7 @@ def kernelTCP() -> dict[str, int]:
     raise KeyError("TCP")
 
 
-def snapshot(caret: Server) -> dict[str, Any]:
+def snapshot(caret: Caret) -> dict[str, Any]:
     tcp = kernelTCP()
     page = os.sysconf("SC_PAGE_SIZE")
     return {
@@ -316,40 +279,7 @@ def tcpState(client: socket.socket) -> int:
     return client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
 
 
-def commit() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def machine() -> dict[str, Any]:
-    import twisted
-
-    return {
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "twisted": twisted.__version__,
-        "load_average": [round(load, 2) for load in os.getloadavg()],
-    }
-
-
-def wave(caret: Server, arguments: argparse.Namespace, before: int) -> dict[str, Any]:
+def wave(caret: Caret, arguments: argparse.Namespace, before: int) -> dict[str, Any]:
     """
     One wave of hostile clients: connect them, hold them, wait until the
     server has given back every descriptor they took (C{before} is its count
@@ -357,7 +287,7 @@ def wave(caret: Server, arguments: argparse.Namespace, before: int) -> dict[str,
     """
     count, timeout = arguments.clients, arguments.idle_timeout
     began = time.monotonic()
-    logged = caret.log().count
+    logged = caret.logText().count
     nonReaders = connectAll(caret.port, count, small=True)
     sent, stillTaking = fill(nonReaders, began + arguments.fill_time)
     silent = connectAll(caret.port, count, small=False)
@@ -380,7 +310,7 @@ def wave(caret: Server, arguments: argparse.Namespace, before: int) -> dict[str,
     states = Counter(
         TCP_STATES.get(tcpState(client), "other") for client in nonReaders + silent
     )
-    log = caret.log().count
+    log = caret.logText().count
     for client in nonReaders + silent:
         client.close()
     return {
@@ -481,6 +411,71 @@ def report(figures: dict[str, Any]) -> None:
     print(f"  {'PASS' if figures['passed'] else 'FAIL'}")
 
 
+def asRecord(figures: dict[str, Any], command: str) -> dict[str, Any]:
+    """
+    C{figures} as the harness records them: each a single run's figure, and
+    a table of what the clients held, and when it was given back.
+    """
+    one: dict[str, dict[str, Any]] = {}
+
+    def put(name: str, value: float | None, unit: str) -> None:
+        spread = harness.Spread.of([value])
+        if spread is not None:
+            one[name] = spread.asRecord(unit)
+
+    moments = [("before", figures["before"])]
+    for number, wave in enumerate(figures["waves"], 1):
+        moments += [
+            (f"w{number}.held", wave["during"]),
+            (f"w{number}.after", wave["after"]),
+        ]
+        put(f"w{number}.heldFor", wave["held_after_s"], "s")
+        put(f"w{number}.releasedAfter", wave["released_after_held_s"], "s")
+        for kind, count in wave["server_log"].items():
+            put(f"w{number}.log.{kind}", count, "")
+    for moment, snap in moments:
+        put(f"{moment}.descriptors", snap["descriptors"], "")
+        put(f"{moment}.rss", snap["rss_mib"], "MiB")
+        put(f"{moment}.tcpmem", snap["kernel_tcp_mem_mib"], "MiB")
+    put("rssAboveFirstPeak", figures["rss_above_first_peak_mib"], "MiB")
+    put("clients", figures["clients_of_each_kind"], "")
+    put("idleTimeout", figures["idle_timeout_s"], "s")
+    labels = {"before": "before the clients"}
+    for number in range(1, len(figures["waves"]) + 1):
+        labels[f"w{number}.held"] = f"wave {number}: all held"
+        labels[f"w{number}.after"] = f"wave {number}: after the timeout"
+    rows = [
+        [labels[moment], f"{moment}.descriptors", f"{moment}.rss", f"{moment}.tcpmem"]
+        for moment, _ in moments
+    ]
+    tables = {
+        "held": {
+            "title": (
+                f"{figures['clients_of_each_kind']:,} paused non-readers and as "
+                f"many silent clients a wave, --idle-timeout "
+                f"{figures['idle_timeout_s']:g}"
+            ),
+            "header": [
+                "moment",
+                "server descriptors",
+                "server RSS",
+                "kernel TCP memory (whole machine)",
+            ],
+            "rows": rows,
+        },
+        "release": {
+            "title": "How long it took",
+            "header": ["wave", "all held after", "every descriptor back after"],
+            "rows": [
+                [f"wave {number}", f"w{number}.heldFor", f"w{number}.releasedAfter"]
+                for number in range(1, len(figures["waves"]) + 1)
+            ],
+        },
+    }
+    notes = [] if figures["passed"] else ["FAILED: not everything was given back"]
+    return harness.record(command, one, tables, notes)
+
+
 def main(argv: list[str] | None = None) -> None:
     arguments = parseArguments(argv)
     from caretproto.openfiles import raiseOpenFilesLimit
@@ -488,17 +483,11 @@ def main(argv: list[str] | None = None) -> None:
     raiseOpenFilesLimit(program="benchmarks/hostile.py")
     figures = run(arguments)
     report(figures)
-    record = {
-        "command": ["benchmarks/hostile.py", *sys.argv[1:]],
-        "commit": commit(),
-        "machine": machine(),
-        "figures": figures,
-    }
-    text = json.dumps(record, indent=2)
-    if arguments.json:
-        Path(arguments.json).write_text(text + "\n")
-    else:
-        print(text)
+    command = " ".join(["python benchmarks/hostile.py", *(argv or sys.argv[1:])])
+    entry = asRecord(figures, command)
+    print(harness.show(entry))
+    if arguments.write:
+        harness.writeRecord("hostile", entry, arguments.records)
     sys.exit(0 if figures["passed"] else 1)
 
 

@@ -34,6 +34,7 @@ from zope.interface import implementer
 from caretproto.endpoints import clientEndpoint
 from caretproto.idle import granularityFor
 from caretproto.rules import GREETING
+from tests import childEnvironment
 from tests.fakes import messages
 from tests.rawclient import RawClient, portNumbers, settle, startCommand
 from tests.tempfolder import shortTempPath
@@ -231,7 +232,7 @@ class HostileScriptTests(TestCase):
 
     async def test_help_starts_nothing(self) -> None:
         out, err, status = await getProcessOutputAndValue(
-            sys.executable, [HOSTILE, "--help"], env=dict(os.environ)
+            sys.executable, [HOSTILE, "--help"], env=childEnvironment()
         )
         self.assertEqual((err, status), (b"", 0))
         self.assertIn(b"non-readers", out)
@@ -239,21 +240,22 @@ class HostileScriptTests(TestCase):
         self.assertNotIn(b"FAIL", out)
 
     async def test_every_descriptor_comes_back(self) -> None:
-        record = Path(shortTempPath(self, "hostile.json"))
+        records = Path(shortTempPath(self, "benchmarks.json"))
         command = ["-n", "5", "--idle-timeout", "3", "--waves", "1"]
         out, err, status = await getProcessOutputAndValue(
             sys.executable,
-            [HOSTILE, *command, "--json", str(record)],
-            env=dict(os.environ),
+            [HOSTILE, *command, "--write", "--records", str(records)],
+            env=childEnvironment(),
         )
         self.assertEqual(status, 0, out + err)
-        figures = json.loads(record.read_text())["figures"]
-        before = figures["before"]["descriptors"]
-        [wave] = figures["waves"]
-        self.assertEqual(wave["during"]["descriptors"], before + 10)
-        self.assertEqual(wave["after"]["descriptors"], before)
-        self.assertEqual(wave["server_log"]["aborted_while_paused"], 5)
-        self.assertEqual(wave["server_log"]["closed_silent"], 5)
+        entry = json.loads(records.read_text())["records"]["hostile"]
+        self.assertEqual(entry["notes"], [])
+        figures = {name: f["median"] for name, f in entry["figures"].items()}
+        before = figures["before.descriptors"]
+        self.assertEqual(figures["w1.held.descriptors"], before + 10)
+        self.assertEqual(figures["w1.after.descriptors"], before)
+        self.assertEqual(figures["w1.log.aborted_while_paused"], 5)
+        self.assertEqual(figures["w1.log.closed_silent"], 5)
 
 
 class TLSTests(TestCase):
