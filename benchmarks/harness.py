@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -252,6 +253,33 @@ def running(
     finally:
         for server in servers.values():
             server.stop()
+
+
+_ServerT = TypeVar("_ServerT", bound=Server)
+
+
+@contextmanager
+def greetingCaret(
+    prefix: str,
+    *options: str,
+    kind: type[_ServerT] = Server,  # type: ignore[assignment]
+) -> Iterator[_ServerT]:
+    """
+    C{twistd -n caret} with C{options}, started as a C{kind} with its log in
+    a L{logFolder}, once it greets (listening comes before its reactor runs);
+    stopped after.
+    """
+    from caretproto.rules import GREETING
+
+    with logFolder(prefix) as folder:
+        caret = kind("twistd -n caret", twistdCaret(*options), folder)
+        try:
+            with socket.create_connection(("127.0.0.1", caret.port)) as probe:
+                if probe.recv(1) != GREETING:
+                    raise SystemExit("twistd listens but does not greet")
+            yield caret
+        finally:
+            caret.stop()
 
 
 def _workers(command: Sequence[str]) -> int:

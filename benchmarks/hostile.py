@@ -44,8 +44,6 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -148,24 +146,11 @@ class Caret(harness.Server):
         return self.log.read_text(errors="replace")
 
 
-@contextmanager
-def server(idleTimeout: float, *options: str) -> Iterator[Caret]:
-    from caretproto.rules import GREETING
-
-    command = harness.twistdCaret("--idle-timeout", repr(idleTimeout), *options)
-    with harness.logFolder("hostile") as folder:
-        try:
-            caret = Caret("twistd -n caret", command, folder)
-        except RuntimeError as error:
-            raise SystemExit(str(error)) from None
-        try:
-            # Listening comes before the reactor runs: wait for a greeting.
-            with socket.create_connection(("127.0.0.1", caret.port)) as probe:
-                if probe.recv(1) != GREETING:
-                    raise SystemExit("twistd listens but does not greet")
-            yield caret
-        finally:
-            caret.stop()
+def server(idleTimeout: float, *options: str) -> Any:
+    """C{twistd -n caret} with C{--idle-timeout}, as a L{Caret}, greeting."""
+    return harness.greetingCaret(
+        "hostile", "--idle-timeout", repr(idleTimeout), *options, kind=Caret
+    )
 
 
 def kernelTCP() -> dict[str, int]:

@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
 import harness
 
@@ -43,19 +43,9 @@ from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed
 MiB = 1024 * 1024
 
 
-@contextmanager
-def server(*options: str) -> Iterator[harness.Server]:
+def server(*options: str) -> Any:
     """C{twistd -n caret} with C{options}, started, greeting, and stopped after."""
-    with harness.logFolder("caret-limits-") as folder:
-        caret = harness.Server("caret", harness.twistdCaret(*options), folder)
-        try:
-            # Listening comes before the reactor runs: wait for a greeting.
-            with socket.create_connection(("127.0.0.1", caret.port)) as probe:
-                if probe.recv(1) != GREETING:
-                    raise SystemExit("twistd listens but does not greet")
-            yield caret
-        finally:
-            caret.stop()
+    return harness.greetingCaret("caret-limits-", *options)
 
 
 FIGURES: dict[str, dict[str, object]] = {}
