@@ -725,7 +725,7 @@ class CaretCommand(MultiService):
         (L{hurry}).  A worker, whose parent ends it if need be, keeps the
         reactor's handlers.
 
-        @return: a L{Deferred} that fires when every service has stopped.
+        @return: a C{Deferred} that fires when every service has stopped.
         """
         self._hookSignals()
         stopped: Deferred[object] = super().stopService()
