@@ -46,15 +46,25 @@ class OpenFilesLimit(Service):
     At start-up, raise the open-files soft limit to the hard limit and log
     both.  Start it before the services that listen.  twistd starts services
     in two steps, C{twist} in one; either way it is done once, first.
+
+    @ivar raised: whether it has been done (or tried: a failure is logged as
+        a warning, and the server goes on with the limit it has).
     """
 
     raised = False
 
     def privilegedStartService(self) -> None:
+        """
+        Raise the limit now, before twistd drops privileges and before the
+        ports listen.
+        """
         Service.privilegedStartService(self)
         self._raise()
 
     def startService(self) -> None:
+        """
+        Raise the limit now, unless L{privilegedStartService} has.
+        """
         Service.startService(self)
         self._raise()
 
@@ -89,8 +99,15 @@ class DescriptorShortage:
     clients have all been accepted (C{accept} finds none left): that is
     logged with the count.
 
+    @ivar acceptor: what stops and resumes accepting.
+    @ivar clock: what times the retries.
+    @ivar sessionEnds: returns a C{Deferred} that fires when a session next
+        ends.
     @ivar since: when the shortage began, or C{None} when there is none.
     @ivar failures: failed C{accept} calls in this shortage.
+    @cvar reason: the reason given to the acceptor's C{pauseAccepting}.
+    @cvar retryDelay: seconds after which accepting is tried again, if no
+        session has ended meanwhile.
     """
 
     reason = "descriptors"
@@ -102,6 +119,13 @@ class DescriptorShortage:
         clock: IReactorTime,
         sessionEnds: Callable[[], Deferred[None]],
     ) -> None:
+        """
+        @param acceptor: what stops and resumes accepting, such as a
+            L{caretproto.service.CaretService}.
+        @param clock: what times the retries.
+        @param sessionEnds: returns a C{Deferred} that fires when a session
+            next ends (L{caretproto.server.CaretFactory.whenSessionEnds}).
+        """
         self.acceptor = acceptor
         self.clock = clock
         self.sessionEnds = sessionEnds
@@ -112,7 +136,13 @@ class DescriptorShortage:
         self._backlogCheck: IDelayedCall | None = None
 
     def failed(self, code: int) -> None:
-        """C{accept} failed with C{code}, one of L{SHORTAGE_ERRORS}."""
+        """
+        C{accept} failed for lack of descriptors: stop accepting until a
+        session ends or L{retryDelay} passes, and log the first failure of a
+        shortage.
+
+        @param code: the C{errno}, one of L{SHORTAGE_ERRORS}.
+        """
         self.failures += 1
         if self.since is None:
             self.since = self.clock.seconds()
@@ -141,6 +171,8 @@ class DescriptorShortage:
         per wake-up and then sets it to how many it accepted, so it may stop
         exactly when the backlog empties and never see C{EAGAIN}, the other
         sign that the shortage is over.
+
+        @param listener: the listening socket.
         """
         if self._backlogCheck is None:
             self._backlogCheck = self.clock.callLater(0, self._checkBacklog, listener)
@@ -225,7 +257,10 @@ def guardListener(port: IListeningPort, shortage: DescriptorShortage) -> bool:
     and systemd endpoints build on them) accepts from its C{socket}
     attribute; a port without one is left alone.
 
-    @return: whether C{port} is guarded.
+    @param port: a listening port.
+    @param shortage: what to tell of C{accept}'s failures for lack of
+        descriptors.
+    @return: whether C{port} is guarded (already, or now).
     """
     listener = getattr(port, "socket", None)
     if isinstance(listener, _GuardedListener):

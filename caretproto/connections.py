@@ -61,6 +61,9 @@ def describeAddress(address: IAddress | None) -> str:
 
     Whatever in it a client may have chosen (a host from a PROXY header, a
     UNIX socket's path) is passed through L{escapeForLog}.
+
+    @param address: an C{IAddress}, or C{None}.
+    @return: the text, C{unknown} for C{None}.
     """
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
@@ -77,8 +80,11 @@ def describeAddress(address: IAddress | None) -> str:
 
 def peerHost(address: IAddress | None) -> str | None:
     """
-    The host part of an IP peer address, which the per-peer limit counts;
-    C{None} for a UNIX socket, whose peers have no address to tell apart.
+    The host part of an IP peer address, which the per-peer limit counts.
+
+    @param address: a peer's C{IAddress}, or C{None}.
+    @return: the host, as the address gives it (not escaped); C{None} for a
+        UNIX socket, whose peers have no address to tell apart.
     """
     host = getattr(address, "host", None)
     return host if isinstance(host, str) else None
@@ -127,6 +133,8 @@ class RefusalLog:
     @ivar ended: the format of the closing line, logged only if the burst
         held more than one refusal; its fields are those of C{began} and
         C{count} and C{duration}.
+    @ivar clock: what times the bursts.
+    @cvar quiet: seconds without a refusal from a host that end its burst.
     """
 
     quiet = 5.0
@@ -135,6 +143,13 @@ class RefusalLog:
     def __init__(
         self, clock: IReactorTime, began: str, ended: str, logger: Logger | None = None
     ) -> None:
+        """
+        @param clock: what times the bursts.
+        @param began: the format of a burst's first line.
+        @param ended: the format of a burst's closing line.
+        @param logger: what logs the lines, whose namespace names whoever
+            refuses; by default this module's.
+        """
         if logger is not None:
             self._log = logger
         self.clock = clock
@@ -144,8 +159,13 @@ class RefusalLog:
 
     def refused(self, host: str, **fields: object) -> None:
         """
-        A connection from C{host} was refused; C{fields} go into the log
-        event, the first of its burst's only.
+        A connection from C{host} was refused: log it if it begins a burst,
+        count it if not.
+
+        @param host: whom the burst is counted for, as it goes into the log
+            (escaped by the caller if a client chose it).
+        @param fields: more fields for the log event, the first of its
+            burst's only.
         """
         now = self.clock.seconds()
         burst = self._bursts.get(host)
@@ -177,11 +197,25 @@ class RefusalLog:
 
 
 class _Burst:
-    """Refusals for one host, close together."""
+    """
+    Refusals for one host, close together.
+
+    @ivar began: when the first came.
+    @ivar last: when the latest came.
+    @ivar quietCall: the call that ends the burst, pushed back by each
+        refusal.
+    @ivar fields: the first refusal's log fields.
+    @ivar count: the refusals so far.
+    """
 
     def __init__(
         self, began: float, quietCall: IDelayedCall, fields: dict[str, object]
     ) -> None:
+        """
+        @param began: when the first refusal came.
+        @param quietCall: the call that ends the burst.
+        @param fields: the first refusal's log fields.
+        """
         self.began = self.last = began
         self.quietCall = quietCall
         self.fields = fields

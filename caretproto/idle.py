@@ -48,7 +48,10 @@ def granularityFor(timeout: float) -> float:
     """
     The tick of an L{IdleWheel} for C{timeout}: a sixteenth of it, and never
     more than a second, so that a connection is ended at most that much
-    after its deadline (about 0.3 % late with caret's default of 300 s).
+    after its deadline (a second, with caret's default of 300 s).
+
+    @param timeout: the idle timeout, in seconds.
+    @return: the tick, in seconds.
     """
     return min(timeout / TICKS_PER_TIMEOUT, LONGEST_TICK)
 
@@ -58,9 +61,12 @@ class Idler(Protocol):
 
     def idleCheck(self, now: float) -> float | None:
         """
-        The time for this to be checked has come (C{now}, on the wheel's
-        clock): act, and return when to check again, or L{None} to be
-        forgotten.  A time not after C{now} means the next tick.
+        The time for this to be checked has come: act, and say when to
+        check again.
+
+        @param now: the time, on the wheel's clock.
+        @return: when to check again, on that clock, or C{None} to be
+            forgotten.  A time not after C{now} means the next tick.
         """
 
 
@@ -79,6 +85,10 @@ class IdleWheel:
     _log = Logger()
 
     def __init__(self, clock: IReactorTime, granularity: float) -> None:
+        """
+        @param clock: the clock for the timer.
+        @param granularity: seconds per tick (L{granularityFor}).
+        """
         self.clock = clock
         self._granularity = granularity
         self._buckets: dict[int, set[Idler]] = {}
@@ -90,9 +100,16 @@ class IdleWheel:
         self._current = self._tickAt(clock.seconds())
 
     def __len__(self) -> int:
+        """
+        @return: how many entries are tracked.
+        """
         return len(self._where)
 
     def __contains__(self, entry: object) -> bool:
+        """
+        @param entry: anything.
+        @return: whether C{entry} is tracked.
+        """
         return entry in self._where
 
     @property
@@ -105,6 +122,9 @@ class IdleWheel:
 
     @granularity.setter
     def granularity(self, granularity: float) -> None:
+        """
+        Tick every C{granularity} seconds from now on.
+        """
         if granularity == self._granularity:
             return
         entries = list(self._where)
@@ -116,7 +136,11 @@ class IdleWheel:
             self.schedule(entry, now)
 
     def setClock(self, clock: IReactorTime) -> None:
-        """Run on C{clock} from now on, moving the pending tick to it."""
+        """
+        Run on C{clock} from now on, moving the pending tick to it.
+
+        @param clock: the new clock.
+        """
         entries = list(self._where)
         self._forgetAll()
         self.clock = clock
@@ -140,6 +164,9 @@ class IdleWheel:
         """
         Check C{entry} at the first tick at or after C{when}, and not at any
         earlier time it was filed for; the next tick if C{when} has passed.
+
+        @param entry: what to check.
+        @param when: when, on the wheel's clock.
         """
         key = max(math.ceil(when / self._granularity), self._current + 1)
         old = self._where.get(entry)
@@ -157,7 +184,11 @@ class IdleWheel:
             self._arm()
 
     def discard(self, entry: Idler) -> None:
-        """Stop tracking C{entry}, if tracked; with none left, stop the timer."""
+        """
+        Stop tracking C{entry}, if tracked; with none left, stop the timer.
+
+        @param entry: what to check no more.
+        """
         key = self._where.pop(entry, None)
         if key is None:
             return
@@ -240,13 +271,17 @@ def unsentBytes(transport: Any) -> int | None:
     socket's buffers (of encrypted bytes), what waits for the handshake and
     what waits a turn to be encrypted with the writes after it;
     through a wrapper that only forwards writes (the PROXY protocol's), what
-    the transport under it holds.  L{None} if C{transport} is none of these
-    (a test's L{StringTransport}), so that nothing can be told.
+    the transport under it holds.
 
     Between two samples with nothing written meanwhile, a smaller figure
     means the client took some replies.  It relies on attributes of
-    L{FileDescriptor} and L{TLSMemoryBIOProtocol} that Twisted does not
+    C{twisted.internet.abstract.FileDescriptor} and
+    C{twisted.protocols.tls.TLSMemoryBIOProtocol} that Twisted does not
     document; tests/test_idle_wheel.py pins them.
+
+    @param transport: a session's transport.
+    @return: the bytes held, or C{None} if C{transport} is none of these (a
+        test's C{StringTransport}), so that nothing can be told.
     """
     held = 0
     while True:

@@ -59,7 +59,7 @@ class IRelayedWorker(Interface):
     worker is also the (hashable) key its reports are known by.
     """
 
-    index = Attribute("The worker's number, from 0.")
+    index = Attribute("The worker's number in its pool, from 1.")
     pid = Attribute("Its process id, or C{None} before it runs.")
 
 

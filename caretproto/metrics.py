@@ -65,8 +65,8 @@ from caretproto.server import CaretFactory, CaretProtocol
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 """
 Upper bounds, in seconds, of the connection-duration histogram: from a
-connect-and-close probe, past the reference session (about 2.2 s), to
-sessions held open for an hour.
+connect-and-close probe, past the reference session of docs/protocol.rst
+(whose pauses add up to 2.2 s), to sessions held open for an hour.
 """
 
 
@@ -90,6 +90,17 @@ class Snapshot:
     """
     What a caret server's sessions have done, at one moment: plain numbers
     that add up, so snapshots from several processes can be summed.
+
+    @ivar connectionsActive: sessions in progress.
+    @ivar connectionsTotal: sessions started, ended or not.
+    @ivar messages: messages ended by C{$}.
+    @ivar bytesReceived: bytes read from clients.
+    @ivar bytesSent: bytes written to clients, greetings included.
+    @ivar pauses: times a session stopped reading because its replies
+        backed up.
+    @ivar durationCounts: ended sessions per bucket of L{DURATION_BUCKETS}
+        (not cumulative); the last is C{+Inf}.
+    @ivar durationSum: the seconds the ended sessions lasted, in all.
     """
 
     connectionsActive: int = 0
@@ -99,10 +110,16 @@ class Snapshot:
     bytesSent: int = 0
     pauses: int = 0
     durationCounts: tuple[int, ...] = dataclasses.field(default_factory=_zeros)
-    """Ended sessions per duration bucket (not cumulative); the last is +Inf."""
     durationSum: float = 0.0
 
     def __add__(self, other: Snapshot) -> Snapshot:
+        """
+        The field-by-field sum of two snapshots: what two processes have done
+        between them.
+
+        @param other: the other snapshot.
+        @return: the sum.
+        """
         return Snapshot(
             connectionsActive=self.connectionsActive + other.connectionsActive,
             connectionsTotal=self.connectionsTotal + other.connectionsTotal,
@@ -120,7 +137,11 @@ class Snapshot:
         )
 
     def report(self) -> dict[str, Any]:
-        """The snapshot as plain JSON-ready data, for L{fromReport}."""
+        """
+        The snapshot as plain JSON-ready data, for L{fromReport}.
+
+        @return: a dict of the fields, by name.
+        """
         return dataclasses.asdict(self)
 
     @classmethod
@@ -128,7 +149,11 @@ class Snapshot:
         """
         The snapshot that L{report} gave, read back from JSON.
 
-        @raise TypeError: if C{report} is not one.
+        @param report: what L{report} returned, through JSON (so with a list
+            for C{durationCounts}).
+        @return: the snapshot.
+        @raise TypeError: if C{report} is not one: a field unknown or with a
+            count of buckets other than L{DURATION_BUCKETS}'.
         """
         fields = dict(report)
         fields["durationCounts"] = tuple(fields.get("durationCounts", ()))
@@ -138,7 +163,12 @@ class Snapshot:
         return snapshot
 
     def families(self) -> Iterator[Metric]:
-        """The snapshot as Prometheus metric families."""
+        """
+        The snapshot as Prometheus metric families: a gauge of the active
+        sessions, counters of the others, and a histogram of the durations.
+
+        @return: the families, in the order a scrape shows them.
+        """
         yield GaugeMetricFamily(
             "caret_connections_active",
             "Caret sessions in progress.",
@@ -184,15 +214,29 @@ class _Collector:
     """
 
     def __init__(self) -> None:
+        """
+        A registry of this collector's own, holding it and the process's
+        metrics.
+        """
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
         ProcessCollector(registry=self.registry)
 
     def snapshot(self) -> Snapshot:
+        """
+        What to collect now: each subclass says.
+
+        @return: the snapshot.
+        """
         raise NotImplementedError
 
     def collect(self) -> Iterator[Metric]:
-        """The prometheus_client collector protocol."""
+        """
+        The prometheus_client collector protocol: the families of
+        L{snapshot}, taken at scrape time.
+
+        @return: the metric families.
+        """
         return self.snapshot().families()
 
 
@@ -205,8 +249,12 @@ class CaretMetrics(_Collector):
         self, factory: CaretFactory, clock: Callable[[], float] = time.monotonic
     ) -> None:
         """
-        Watch C{factory}'s sessions.  C{clock} must be the clock that
-        L{CaretProtocol.startedAt} is read from.
+        Watch C{factory}'s sessions, from now on: the factory tells this of
+        each session that ends.
+
+        @param factory: the factory whose sessions to count.
+        @param clock: the clock that L{CaretProtocol.startedAt} is read
+            from, to time the sessions.
         """
         self._factory = factory
         self._clock = clock
@@ -237,6 +285,8 @@ class CaretMetrics(_Collector):
         The totals now: the ended sessions' plus the live counters of the
         sessions in progress.  Each counter only grows, because a session
         leaves the live sum in the same call that adds it to the ended totals.
+
+        @return: the totals.
         """
         sessions = self._factory.sessions
         return Snapshot(
@@ -258,18 +308,32 @@ class WorkersMetrics(_Collector):
     server: the sum of each running worker's latest report and of the last
     reports of the workers that ended (their sessions ended with them).  The
     process metrics are the parent's own.
+
+    @cvar field: the field of a worker's log event that holds its report,
+        L{REPORT}.
     """
 
     field = REPORT
     _log = Logger()
 
     def __init__(self) -> None:
+        """
+        Metrics of no worker yet, with a registry of their own.
+        """
         self._latest: dict[Hashable, Snapshot] = {}
         self._gone = Snapshot()
         super().__init__()
 
     def reported(self, worker: Hashable, report: Any) -> None:
-        """C{worker} sent the report of a L{MetricsReporter}."""
+        """
+        C{worker} sent the report of a L{MetricsReporter}: it replaces that
+        worker's previous one.  A report that is not one is logged as an
+        error and dropped.
+
+        @param worker: the worker's key.
+        @param report: the event's L{REPORT} field, as L{Snapshot.report}
+            wrote it.
+        """
         try:
             self._latest[worker] = Snapshot.fromReport(report)
         except (TypeError, ValueError) as error:
@@ -278,12 +342,22 @@ class WorkersMetrics(_Collector):
             )
 
     def ended(self, worker: Hashable) -> None:
-        """C{worker} is gone: keep its counts, none of its sessions."""
+        """
+        C{worker} is gone: keep its counts, none of its sessions.
+
+        @param worker: the worker's key.
+        """
         last = self._latest.pop(worker, None)
         if last is not None:
             self._gone += dataclasses.replace(last, connectionsActive=0)
 
     def snapshot(self) -> Snapshot:
+        """
+        The sum of the running workers' latest reports and of the ended
+        workers' last ones.
+
+        @return: the totals.
+        """
         total = self._gone
         for latest in self._latest.values():
             total += latest
@@ -306,6 +380,11 @@ class MetricsReporter(Service):
         factory: CaretFactory,
         clock: IReactorTime | None = None,
     ) -> None:
+        """
+        @param metrics: the worker's metrics.
+        @param factory: its factory, whose drain the last report waits for.
+        @param clock: what times the reports; by default the reactor.
+        """
         self._metrics = metrics
         self._factory = factory
         self._reporting = LoopingCall(self.report)
@@ -319,10 +398,19 @@ class MetricsReporter(Service):
         )
 
     def startService(self) -> None:
+        """
+        Report now, and every L{REPORT_INTERVAL} seconds from now on.
+        """
         Service.startService(self)
         self._reporting.start(REPORT_INTERVAL)
 
     def stopService(self) -> Deferred[None]:
+        """
+        Stop the regular reports, and report once more when the factory's
+        sessions have all ended, so that the parent counts them.
+
+        @return: a C{Deferred} that fires once that report is made.
+        """
         Service.stopService(self)
         if self._reporting.running:
             self._reporting.stop()
@@ -338,15 +426,28 @@ class MetricsPage(Resource):
     reactor's thread pool through WSGI, this renders in the reactor thread:
     L{CaretMetrics} reads live sessions that only the reactor thread may
     touch, and a scrape is cheap enough not to need a thread.
+
+    @cvar isLeaf: C{True}: the page has no children.
     """
 
     isLeaf = True
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        """
+        @param registry: the registry to serve.
+        """
         super().__init__()
         self._registry = registry
 
     def render_GET(self, request: Request) -> bytes:
+        """
+        The registry, scraped now, in the format the request's C{Accept}
+        header asks for (the Prometheus text format if it asks for none).
+
+        @param request: the scrape.
+        @return: the response body; the C{Content-Type} is set on
+            C{request}.
+        """
         accept = request.getHeader("accept")
         encode, contentType = choose_encoder(accept or "")
         request.setHeader("content-type", contentType)
@@ -461,6 +562,13 @@ def metricsService(
     A service that serves C{registry} at C{/metrics} on the endpoint
     C{description}; other paths are 404.  A client gets L{REQUEST_TIMEOUT}
     seconds for each request.
+
+    @param description: a Twisted server endpoint description, such as
+        C{tcp:9100:interface=127.0.0.1}.
+    @param registry: the registry to serve, such as a L{CaretMetrics}'
+        C{registry}.
+    @param reactor: what times the requests; by default the reactor.
+    @return: the service, not yet started: it listens when started.
     """
     return strports.service(description, metricsSite(registry, reactor))
 
@@ -468,7 +576,13 @@ def metricsService(
 def metricsSite(
     registry: CollectorRegistry, reactor: IReactorTime | None = None
 ) -> Site:
-    """The site of L{metricsService}, whose timers run on C{reactor}."""
+    """
+    The site of L{metricsService}, for a program that listens itself.
+
+    @param registry: the registry to serve at C{/metrics}.
+    @param reactor: what its timers run on; by default the reactor.
+    @return: the site.
+    """
     root = notFound()
     root.putChild(b"metrics", MetricsPage(registry))
     return _MetricsSite(root, reactor)

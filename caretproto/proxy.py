@@ -78,6 +78,7 @@ ANY = "any"
 """The C{--trusted-proxy} keyword that believes every peer's header."""
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+"""An IP network, IPv4 or IPv6, as C{ipaddress.ip_network} gives it."""
 
 
 class TrustedProxies:
@@ -95,6 +96,10 @@ class TrustedProxies:
     """
 
     def __init__(self, networks: Iterable[_Network] = (), everyone: bool = False):
+        """
+        @param networks: the networks to trust.
+        @param everyone: whether to trust every peer.
+        """
         self.networks = tuple(networks)
         self.everyone = everyone
 
@@ -105,6 +110,9 @@ class TrustedProxies:
         C{::1}), a network in CIDR form (C{10.0.0.0/8}, C{fd00::/8}) or
         L{ANY}.
 
+        @param given: the C{--trusted-proxy} values.
+        @return: the proxies; none but UNIX socket peers if C{given} is
+            empty.
         @raise ValueError: for anything else, naming it.
         """
         networks = []
@@ -120,7 +128,14 @@ class TrustedProxies:
         return cls(networks, everyone)
 
     def trusts(self, address: Any) -> bool:
-        """Whether a header from C{address}, a peer's C{IAddress}, is believed."""
+        """
+        Whether a header from C{address} is believed.  An IPv4 peer of a
+        dual-stack C{tcp6:} port, seen as C{::ffff:a.b.c.d}, is matched as
+        the IPv4 address it is.
+
+        @param address: a peer's C{IAddress}.
+        @return: whether it is trusted.
+        """
         host = peerHost(address)
         if self.everyone or host is None:
             return True
@@ -134,6 +149,11 @@ class TrustedProxies:
         return any(ip in network for network in self.networks)
 
     def __repr__(self) -> str:
+        """
+        The trusted networks, or C{any}, or C{none}.
+
+        @return: C{<TrustedProxies 10.0.0.0/8 ::1/128>} and the like.
+        """
         named = [ANY] if self.everyone else [str(n) for n in self.networks]
         return f"<TrustedProxies {' '.join(named) or 'none'}>"
 
@@ -272,6 +292,8 @@ class ProxyProtocolFactory(WrappingFactory):
 
     @ivar trusted: the peers whose connections are read; by default none
         but UNIX socket peers.
+    @ivar clock: what times the header deadline and the refusal logs.
+    @ivar headerTimeout: seconds a connection gets to send its whole header.
     """
 
     protocol = _HeaderFirst
@@ -283,6 +305,16 @@ class ProxyProtocolFactory(WrappingFactory):
         headerTimeout: float = HEADER_TIMEOUT,
         trusted: TrustedProxies | None = None,
     ) -> None:
+        """
+        @param wrappedFactory: the factory of the sessions behind the
+            header.
+        @param clock: what times the header deadline; by default the
+            reactor.
+        @param headerTimeout: seconds a connection gets to send its whole
+            header.
+        @param trusted: whose headers to believe; by default nobody's but
+            UNIX socket peers'.
+        """
         super().__init__(wrappedFactory)
         from twisted.internet import reactor
 
@@ -309,13 +341,22 @@ class ProxyProtocolFactory(WrappingFactory):
         )
 
     def logPrefix(self) -> str:
-        """The wrapped factory's log prefix, saying the PROXY protocol is on."""
+        """
+        The wrapped factory's log prefix, saying the PROXY protocol is on.
+
+        @return: C{caret (PROXY)} for a L{caretproto.server.CaretFactory}.
+        """
         inner = getattr(self.wrappedFactory, "logPrefix", None)
         name = inner() if inner is not None else type(self.wrappedFactory).__name__
         return f"{name} (PROXY)"
 
     def untrusted(self, address: Any) -> None:
-        """A connection from C{address}, not a trusted proxy, is refused."""
+        """
+        A connection from C{address}, not a trusted proxy, is refused: log
+        it, once per burst from its host.
+
+        @param address: the peer's C{IAddress}.
+        """
         self._refusals.refused(
             peerHost(address) or "unknown", peer=describeAddress(address)
         )
@@ -323,7 +364,11 @@ class ProxyProtocolFactory(WrappingFactory):
     def badHeader(self, address: Any, fault: str) -> None:
         """
         A trusted proxy's connection from C{address} is refused for its
-        header's C{fault}, a printable description.
+        header: log it, once per burst from its host.
+
+        @param address: the peer's C{IAddress}.
+        @param fault: what is wrong with the header, already printable
+            (L{caretproto.proxyheader.printable}).
         """
         self._badHeaders.refused(
             peerHost(address) or printable(describeAddress(address)),
@@ -343,15 +388,31 @@ class ProxyProtocolEndpoint:
     """
     Listens on C{wrapped}, expecting a PROXY protocol header first on every
     connection, and reading only those from C{trusted} peers.
+
+    @ivar wrapped: the endpoint that listens.
+    @ivar trusted: whose headers to believe, or C{None} for nobody's but
+        UNIX socket peers'.
     """
 
     def __init__(
         self, wrapped: IStreamServerEndpoint, trusted: TrustedProxies | None = None
     ) -> None:
+        """
+        @param wrapped: the endpoint that listens.
+        @param trusted: whose headers to believe.
+        """
         self.wrapped = wrapped
         self.trusted = trusted
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """
+        Listen on the wrapped endpoint with a L{ProxyProtocolFactory} in
+        front of C{protocolFactory}.
+
+        @param protocolFactory: the factory of the sessions.
+        @return: a C{Deferred} that fires with the listening port, or fails
+            as the wrapped endpoint fails.
+        """
         return self.wrapped.listen(
             ProxyProtocolFactory(protocolFactory, trusted=self.trusted)
         )
@@ -367,8 +428,16 @@ def serverFromString(
     The server endpoint for C{description}, as Twisted's
     C{endpoints.serverFromString} makes it, except that C{haproxy:DESCRIPTION}
     is a L{ProxyProtocolEndpoint} in front of C{DESCRIPTION}'s endpoint,
-    believing C{trusted} peers only.  C{parse} makes the endpoint under the
-    PROXY protocol.
+    believing C{trusted} peers only.
+
+    @param reactor: the reactor, as C{endpoints.serverFromString} takes it.
+    @param description: a server endpoint description, with C{haproxy:} in
+        front or not.
+    @param parse: what makes the endpoint of a description without
+        C{haproxy:}; by default C{endpoints.serverFromString}.
+    @param trusted: whose PROXY headers to believe; by default nobody's but
+        UNIX socket peers'.
+    @return: the endpoint, not yet listening.
     """
     kind, _, wrapped = description.partition(":")
     if kind == PREFIX:
@@ -383,6 +452,9 @@ def needsTrustedProxies(description: str) -> bool:
     Whether C{description} is a C{haproxy:} endpoint whose peers have IP
     addresses, so that whom it trusts must be said: not over a UNIX socket,
     whose file permissions decide who may connect.
+
+    @param description: a server endpoint description.
+    @return: whether C{--trusted-proxy} is needed for it.
     """
     kind, _, wrapped = description.partition(":")
     return kind == PREFIX and wrapped.partition(":")[0] != "unix"

@@ -84,6 +84,7 @@ least.  The specification has receivers reject any other.
 _LINE_END = re.compile(b"[\r\n]")
 
 ADDRESS = IPv4Address | IPv6Address
+"""What a header names a client or a destination as: a TCP address."""
 
 
 class HeaderFault(Exception):
@@ -115,10 +116,12 @@ class ProxyHeader:
 
 def readHeader(data: bytes) -> ProxyHeader | None:
     """
-    The PROXY protocol header at the start of C{data}, a connection's first
-    bytes, or C{None} if C{data} is the start of a header yet to be
-    completed.
+    The PROXY protocol header at the start of C{data}, if it is whole.
 
+    @param data: a connection's first bytes, as many as have come.
+    @return: the header, whose C{length} says where the client's bytes
+        begin; or C{None} if C{data} is the start of a header yet to be
+        completed.
     @raise HeaderFault: if C{data} cannot begin a valid header.
     """
     if V2_SIGNATURE.startswith(data[: len(V2_SIGNATURE)]):
@@ -247,6 +250,11 @@ def printable(text: bytes | str, most: int = 40) -> str:
     C{text}, which a client chose, as it may go into a log: at most C{most}
     characters of it, escaped by L{caretproto.connections.escapeForLog}.
     Bytes that are not ASCII are shown as C{\\xff}.
+
+    @param text: what came, bytes or text.
+    @param most: the most characters kept; a longer C{text} is cut there
+        and ends with an ellipsis.
+    @return: the printable text.
     """
     if isinstance(text, bytes):
         text = text.decode("ascii", "surrogateescape")
@@ -254,5 +262,11 @@ def printable(text: bytes | str, most: int = 40) -> str:
 
 
 def quoted(text: bytes | str, most: int = 40) -> str:
-    """L{printable}, in quotes."""
+    """
+    L{printable}, in quotes, for a log line or a L{HeaderFault}.
+
+    @param text: what came, bytes or text.
+    @param most: the most characters kept.
+    @return: the printable text, in single quotes.
+    """
     return f"'{printable(text, most)}'"

@@ -52,11 +52,18 @@ class CannotListen(Exception):
     """
 
     def __init__(self, index: int, reason: BaseException) -> None:
+        """
+        @param index: which of the service's endpoints, counting from 0.
+        @param reason: the exception that endpoint failed with.
+        """
         super().__init__(index, reason)
         self.index = index
         self.reason = reason
 
     def __str__(self) -> str:
+        """
+        @return: which endpoint, and why.
+        """
         return f"cannot listen on endpoint {self.index}: {self.reason}"
 
 
@@ -76,6 +83,9 @@ class CaretService(Service):
     C{privilegedStartService} stops the program, as that service's
     C{_raiseSynchronously} does.
 
+    @ivar endpoints: the endpoints to listen on.
+    @ivar factory: the factory of the sessions.
+    @ivar clock: the factory's clock, which times the drain.
     @ivar ports: the listening ports, once listening.
     @ivar shutdownTimeout: seconds that sessions in progress get to end by
         themselves when the service stops; after that they are ended, and
@@ -97,6 +107,14 @@ class CaretService(Service):
         endpoints: Sequence[IStreamServerEndpoint],
         factory: CaretFactory | None = None,
     ) -> None:
+        """
+        @param endpoints: the endpoints to listen on, such as
+            C{endpoints.serverFromString(reactor, "tcp:9090")} or
+            L{caretproto.proxy.serverFromString}'s.
+        @param factory: the factory of the sessions; by default a
+            L{CaretFactory} with no session limit and no idle timeout.  The
+            service accepts on its behalf from now on.
+        """
         self.endpoints = list(endpoints)
         self.factory = factory if factory is not None else CaretFactory()
         self.ports: list[IListeningPort] = []
@@ -123,6 +141,13 @@ class CaretService(Service):
         self._listen()
 
     def startService(self) -> None:
+        """
+        Listen now, unless L{privilegedStartService} has (C{twist} and a
+        plain C{startService} call start a service in this one step).
+
+        @raise CannotListen: naming the endpoint that failed, and why, when
+            it fails at once.
+        """
         Service.startService(self)
         if self._listening is None:
             self._listen()
@@ -150,6 +175,8 @@ class CaretService(Service):
     def logListenFailure(self, cannot: CannotListen) -> None:
         """
         The default L{listenFailed}: log the failure, naming the endpoint.
+
+        @param cannot: which endpoint failed, and why.
         """
         self._log.critical(
             "endpoint {index} ({endpoint!r}) cannot listen: {reason}",
@@ -175,6 +202,9 @@ class CaretService(Service):
         listening ports: new clients wait in the listen backlog, as they do
         for a sequential server.  Accepting resumes when every reason given
         here has been withdrawn with L{resumeAccepting}.
+
+        @param reason: why, such as C{descriptors}; giving one twice counts
+            once.
         """
         if not self._acceptPausedFor:
             for port in self.ports:
@@ -182,7 +212,12 @@ class CaretService(Service):
         self._acceptPausedFor.add(reason)
 
     def resumeAccepting(self, reason: str) -> None:
-        """Withdraw C{reason} for not accepting; accept again if none is left."""
+        """
+        Withdraw C{reason} for not accepting; accept again if none is left
+        and the service is running.
+
+        @param reason: a reason given to L{pauseAccepting}.
+        """
         self._acceptPausedFor.discard(reason)
         if not self._acceptPausedFor and self.running:
             for port in self.ports:
@@ -195,6 +230,8 @@ class CaretService(Service):
         connections per readiness event, and sets it anew after each; so this
         holds for the next event only, which is what a factory needs that
         asks before each resume for the places it has free.
+
+        @param count: how many connections, at most.
         """
         self._acceptsPerWakeup = count
         for port in self.ports:
@@ -211,7 +248,11 @@ class CaretService(Service):
         Stop listening at once, so that new clients are refused, and let the
         sessions in progress go on for up to C{shutdownTimeout} seconds.
         Then end the rest: each stops reading, delivers the replies it owes
-        and closes.  Fires when all are gone.
+        and closes; any whose client takes no replies for as long again is
+        cut off.
+
+        @return: a C{Deferred} that fires when the ports have stopped
+            listening and every connection is gone.
         """
         Service.stopService(self)
         self.shortage.stop()
@@ -301,6 +342,9 @@ class CaretService(Service):
         accept on too.  From now on, stopping closes them in this process
         only: shutting a listening socket down would end it in every process
         that holds it and reset the clients waiting in its queue.
+
+        @return: the descriptors, in the order of L{endpoints}; empty before
+            the service listens.
         """
         shared = []
         for port in self.ports:

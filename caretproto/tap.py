@@ -3,16 +3,30 @@ The C{caret} command of twistd and twist: its options and L{makeService}.
 
 C{twistd -n caret --port 9090} and C{twist caret --port 9090} both come here
 through C{twisted/plugins/caret.py}.  A C{.tac} file or any program may build
-the same service with C{makeService(Options().parseOptions([...]))}.  This
-module turns options into services, and does what the command does as a
-program at its start and its end (L{CaretCommand}: errors at start, a second
-signal while stopping); it holds no protocol logic.
+the same service.  L{Options.parseOptions} returns nothing, as Twisted's
+does: parse, then pass the L{Options} themselves to L{makeService}::
+
+    from twisted.application import service
+    from caretproto import tap
+
+    application = service.Application("caret")
+    options = tap.Options()
+    options.parseOptions(["--port", "tcp:9090:interface=127.0.0.1"])
+    tap.makeService(options).setServiceParent(application)
+
+A bad option raises C{usage.UsageError} there; C{docs/howto/composing.rst}
+says what the service gives and what it does when a port cannot listen.
+
+This module turns options into services, and does what the command does as
+a program at its start and its end (L{CaretCommand}: errors at start, a
+second signal while stopping); it holds no protocol logic.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -46,13 +60,15 @@ from caretproto.workerside import (
 )
 
 DEFAULT_PORT = "9090"
+"""Where C{caret} listens when no C{--port} is given: TCP port 9090."""
 
 DEFAULT_BACKLOG = 4096
 """
 Room in the listen queue for thousands of clients connecting at once (the
-kernel caps it at C{net.core.somaxconn}).  Twisted's own default, 50, makes
-15,000 simultaneous connects take minutes: the dropped SYNs wait for
-retransmission.
+kernel caps it at C{net.core.somaxconn}).  With Twisted's own default, 50, a
+burst of thousands of connects crawls: the SYNs dropped past the queue wait
+for the clients to send them again.  C{docs/limits.rst} measures the burst
+the default serves.
 """
 
 ENDPOINT_EXAMPLES = (
@@ -60,10 +76,13 @@ ENDPOINT_EXAMPLES = (
     "ssl:9443:privateKey=key.pem:certKey=cert.pem, haproxy:tcp:9090, "
     "systemd:domain=INET:index=0"
 )
+"""Endpoint descriptions that usage errors about C{--port} give as examples."""
 
 TRUSTED_PROXY_EXAMPLES = "10.0.0.5, 10.0.0.0/8, 127.0.0.1, ::1, fd00::/8, any"
+"""What usage errors about C{--trusted-proxy} give as examples."""
 
 METRICS_EXAMPLES = "9100, tcp:9100:interface=127.0.0.1, unix:/run/caret-metrics.sock"
+"""What usage errors about C{--metrics} give as examples."""
 
 # Endpoint types that listen themselves and so accept a backlog= argument
 # (haproxy: passes its arguments to the endpoint it wraps).
@@ -83,6 +102,10 @@ def endpointDescription(port: str, backlog: int = DEFAULT_BACKLOG) -> str:
     The endpoint description that C{--port PORT} means: a bare number is TCP
     on that port, and a listening endpoint without C{backlog=} gets
     C{backlog}.
+
+    @param port: the value of C{--port}.
+    @param backlog: the listen queue size for an endpoint that sets none.
+    @return: a Twisted endpoint description.
     """
     if port.isdigit():
         return f"tcp:{port}:backlog={backlog}"
@@ -113,7 +136,13 @@ connects and says nothing holds a descriptor for no longer than that.
 
 
 def workerCount(value: str) -> int:
-    """C{--workers}: a positive number, or C{auto} for one per CPU."""
+    """
+    C{--workers}: a positive number, or C{auto} for one per CPU.
+
+    @param value: the value given to C{--workers}.
+    @return: how many workers.
+    @raise usage.UsageError: if C{value} is neither, naming both forms.
+    """
     if value == "auto":
         return os.cpu_count() or 1
     try:
@@ -131,7 +160,12 @@ workerCount.coerceDoc = "A positive number, or auto for one per CPU."  # type: i
 def inheritedDescriptors(environ: Mapping[str, str]) -> list[int] | None:
     """
     The descriptors a worker inherits its listening sockets at, as its pool
-    names them in L{WORKER_FDS}; C{None} for a process that is no worker.
+    names them in L{WORKER_FDS}.
+
+    @param environ: the process's environment.
+    @return: the descriptors, in C{--port} order, or C{None} for a process
+        that is no worker.
+    @raise usage.UsageError: if L{WORKER_FDS} is not a list of numbers.
     """
     value = environ.get(WORKER_FDS)
     if value is None:
@@ -169,7 +203,20 @@ class Options(usage.Options):
       - C{--metrics ENDPOINT}: serve Prometheus metrics there.
         [default: none]
 
-    tests/test_docs.py checks this list against the options themselves.
+    tests/test_docpages.py checks this list against the options themselves.
+
+    Parsed, the options also hold what L{makeService} builds from: C{port},
+    the C{--port} values, defaulted; C{trusted}, the
+    L{caretproto.proxy.TrustedProxies} of C{--trusted-proxy}; C{endpoints}, one
+    endpoint per C{--port}; C{inherited}, a worker's descriptors
+    (L{inheritedDescriptors}); and C{argv}, the options as given, for the
+    workers' command line.
+
+    @cvar synopsis: the usage line of C{--help}.
+    @cvar longdesc: the paragraph of C{--help} after the options.
+    @cvar optParameters: the options that take a value, as
+        C{usage.Options} reads them.
+    @ivar docs: each option's help text, on one line.
     """
 
     synopsis = "[--port ENDPOINT ...] [options]"
@@ -247,12 +294,17 @@ class Options(usage.Options):
     """
 
     def __init__(self) -> None:
+        """
+        Options with nothing parsed yet: no C{--port} and no
+        C{--trusted-proxy} given.
+        """
         super().__init__()
         self["port"] = []
         self["trusted-proxy"] = []
         # A docstring's line breaks and indentation would otherwise reach
-        # --help as runs of spaces in the middle of a wrapped line.
-        self.docs = {name: " ".join(doc.split()) for name, doc in self.docs.items()}
+        # --help as runs of spaces in the middle of a wrapped line; and its
+        # epytext fields (@param, @raise) are for the API reference only.
+        self.docs = {name: _helpText(doc) for name, doc in self.docs.items()}
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """
@@ -262,7 +314,14 @@ class Options(usage.Options):
         usage error ends the program with one line naming the option and what
         it accepts, and where to find the help, rather than with the whole
         help text that twistd and twist print first.  Called directly (a
-        C{.tac} file, a test), it raises C{usage.UsageError} as usual.
+        C{.tac} file, a test), it raises C{usage.UsageError} as usual.  It
+        returns nothing: the options are this object's items.
+
+        @param options: the command-line arguments; by default
+            C{sys.argv[1:]}.
+        @raise usage.UsageError: for a bad option, called directly.
+        @raise SystemExit: for a bad option, under twistd or twist, once
+            the message is written.
         """
         # Kept for --workers, whose workers run with the same options.
         self["argv"] = list(sys.argv[1:] if options is None else options)
@@ -286,6 +345,10 @@ class Options(usage.Options):
         Examples: 9090, tcp:9090:interface=127.0.0.1, unix:/run/caret.sock,
         ssl:9443:privateKey=key.pem:certKey=cert.pem, haproxy:tcp:9090,
         systemd:domain=INET:index=0
+
+        @param port: the value given.
+        @raise usage.UsageError: if C{port} is empty, or its TCP port is not
+            a number from 0 to 65535.
         """
         if not port.strip():
             raise usage.UsageError(
@@ -304,6 +367,10 @@ class Options(usage.Options):
         May be given more than once; required with a haproxy: endpoint
         that is not a UNIX socket.  [default: none trusted]
         Examples: 10.0.0.5, 10.0.0.0/8, 127.0.0.1, ::1, fd00::/8, any
+
+        @param proxy: the value given.
+        @raise usage.UsageError: if C{proxy} is no address, network or
+            C{any}.
         """
         try:
             proxies.TrustedProxies.fromStrings([proxy])
@@ -315,6 +382,17 @@ class Options(usage.Options):
         self["trusted-proxy"].append(proxy)
 
     def postOptions(self) -> None:
+        """
+        Check the options together and build what L{makeService} needs:
+        C{--port 9090} if no C{--port} was given, the trusted proxies, one
+        endpoint per C{--port} (on an inherited socket in a worker), and
+        C{--metrics} as an endpoint description.
+
+        @raise usage.UsageError: for a C{haproxy:} port without
+            C{--trusted-proxy}, a worker's descriptors that do not match its
+            C{--port}s, a C{--port} that workers cannot share or that is not
+            a usable endpoint, or a C{--metrics} that is not.
+        """
         if not self["port"]:
             self["port"] = [DEFAULT_PORT]
         self["trusted"] = proxies.TrustedProxies.fromStrings(self["trusted-proxy"])
@@ -379,6 +457,14 @@ class Options(usage.Options):
             ) from None
 
 
+def _helpText(doc: str) -> str:
+    """
+    An option method's docstring as C{--help} shows it: its text on one
+    line, without its epytext fields.
+    """
+    return " ".join(re.split(r"^\s*@", doc, maxsplit=1, flags=re.MULTILINE)[0].split())
+
+
 def _program() -> str:
     """The command as the user gave it, for messages: C{twistd caret}."""
     return f"{os.path.basename(sys.argv[0])} caret"
@@ -399,15 +485,20 @@ def _checkMetricsEndpoint(description: str, given: str) -> None:
 
 def makeService(options: Mapping[str, Any]) -> IService:
     """
-    The caret server for parsed C{options}: a C{MultiService} holding a
+    The caret server for parsed C{options}: a L{CaretCommand} holding a
     L{CaretService}, named C{caret}, that listens on every C{--port}.
 
     With C{--workers N}, the C{caret} service only listens, and a
     L{WorkerPool} named C{workers} runs the N processes that accept.  A
-    worker (started with L{WORKER_FDS}) is the plain server on inherited sockets, with a
-    L{ParentLink}.  With C{--metrics}, the web service that serves the
-    metrics is beside them, named C{metrics}; with C{--workers}, the
-    parent's serves the sum of the workers', which report to it.
+    worker (started with L{WORKER_FDS}) is the plain server on inherited
+    sockets, with a L{ParentLink}.  With C{--metrics}, the web service that
+    serves the metrics is beside them, named C{metrics}; with C{--workers},
+    the parent's serves the sum of the workers', which report to it.
+
+    @param options: parsed L{Options} (C{parseOptions} already called), or
+        a mapping with the same keys.
+    @return: the command's services, not yet started; add it to an
+        C{Application} or start it.
     """
     top = CaretCommand(options["port"], options.get("metrics"))
     top.terminal = startErrorsShownOn(options)
@@ -471,9 +562,15 @@ class CannotStart(SystemExit, Exception):
     @ivar option: C{--port} or C{--metrics}.
     @ivar given: the option's value.
     @ivar reason: why it cannot listen, in a few words (L{whyNot}).
+    @ivar code: the exit status, 1.
     """
 
     def __init__(self, option: str, given: str, reason: str) -> None:
+        """
+        @param option: C{--port} or C{--metrics}.
+        @param given: the option's value.
+        @param reason: why it cannot listen, in a few words.
+        """
         super().__init__(f"{reason.rstrip('.')}: {option} {given!r}")
         self.code = 1
         self.option = option
@@ -516,6 +613,14 @@ class CaretCommand(MultiService):
         metrics: str | None = None,
         reactor: Any = None,
     ) -> None:
+        """
+        @param ports: the C{--port} values, in order, to name a port that
+            cannot listen.
+        @param metrics: the C{--metrics} value, or C{None}.
+        @param reactor: the reactor whose signal handlers a second signal
+            replaces and which L{stopProgram} stops; by default the global
+            one, looked up when first needed.
+        """
         super().__init__()
         self.ports = list(ports)
         self.metrics = metrics
@@ -526,6 +631,10 @@ class CaretCommand(MultiService):
 
     @property
     def reactor(self) -> Any:
+        """
+        The reactor given, or the global one, imported only when needed so
+        that building the services installs no reactor.
+        """
         if self._reactor is None:
             from twisted.internet import reactor
 
@@ -533,11 +642,29 @@ class CaretCommand(MultiService):
         return self._reactor
 
     def privilegedStartService(self) -> None:
+        """
+        Start each service's privileged part, as C{MultiService} does; the
+        C{caret} service listens now.  A port that cannot listen ends the
+        start with one log line (and, under a twistd C{-n} logging
+        elsewhere, one on L{terminal}).
+
+        @raise CannotStart: if a C{--port} or the C{--metrics} endpoint
+            cannot listen.
+        """
         Service.privilegedStartService(self)
         for service in self:
             self._starting(service, service.privilegedStartService)
 
     def startService(self) -> None:
+        """
+        Start each service, as C{MultiService} does, failing as
+        L{privilegedStartService} does (C{twist} starts services in this
+        one step).  From now on, a C{caret} port that fails to listen later
+        calls L{stopProgram}.
+
+        @raise CannotStart: if a C{--port} or the C{--metrics} endpoint
+            cannot listen.
+        """
         Service.startService(self)
         for service in self:
             self._starting(service, service.startService)
@@ -594,7 +721,11 @@ class CaretCommand(MultiService):
     def stopService(self) -> Deferred[object]:
         """
         Stop every service, as C{MultiService} does, taking over SIGINT and
-        SIGTERM from the reactor meanwhile: a second one ends the drain.
+        SIGTERM from the reactor meanwhile: a second one ends the drain
+        (L{hurry}).  A worker, whose parent ends it if need be, keeps the
+        reactor's handlers.
+
+        @return: a C{Deferred} that fires when every service has stopped.
         """
         self._hookSignals()
         stopped: Deferred[object] = super().stopService()
@@ -634,6 +765,9 @@ class CaretCommand(MultiService):
         C{--workers} kill the workers, whose connections close with them.
         What a second SIGINT or SIGTERM does, as nginx's fast shutdown and
         HAProxy's hard stop do after a graceful one.
+
+        @param signalName: what asked, for the log line: C{SIGINT},
+            C{SIGTERM}.
         """
         self._log.warn(
             "{signal} while stopping: ending the drain now", signal=signalName
@@ -663,6 +797,10 @@ def startErrorsShownOn(options: Mapping[str, Any]) -> TextIO | None:
     a log file logs to the terminal already; twist starts the services
     before its log begins, when a critical event goes to standard error by
     itself; and a C{.tac} file or a test has its own ways.
+
+    @param options: the parsed L{Options}, whose C{parent} is twistd's or
+        twist's options when run as a command.
+    @return: C{sys.__stderr__}, or C{None} for nowhere.
     """
     runner = getattr(options, "parent", None)
     if not isinstance(runner, Mapping) or not runner.get("nodaemon"):
@@ -677,6 +815,10 @@ def whyNot(description: str, error: BaseException) -> str:
     Why listening on C{description} failed with C{error}, in a few words: the
     system's words for a socket error, and the folder that is missing for a
     UNIX socket path.
+
+    @param description: the endpoint description that failed to listen.
+    @param error: what it failed with.
+    @return: the reason, for a log line and for L{CannotStart}.
     """
     path = _unixPath(description)
     if path is not None and not os.path.isdir(os.path.dirname(path) or "."):

@@ -75,6 +75,9 @@ def workerCommand(argv: Sequence[str]) -> list[str]:
     own options, under C{twist} logging JSON events to its standard output
     for the parent to relay.  It learns of its inherited sockets from
     L{workerEnvironment}.
+
+    @param argv: the parent's own C{caret} options, as given.
+    @return: the program and its arguments, for C{spawnProcess}.
     """
     return [
         sys.executable,
@@ -91,14 +94,23 @@ def workerCommand(argv: Sequence[str]) -> list[str]:
 def workerEnvironment(environ: Mapping[str, str], listening: int) -> dict[str, str]:
     """
     A worker's environment: C{environ}, with L{WORKER_FDS} naming its
-    C{listening} inherited sockets.
+    inherited sockets, from L{FIRST_FD} on.
+
+    @param environ: the parent's environment.
+    @param listening: how many listening sockets the worker inherits.
+    @return: a new environment; C{environ} is left as it was.
     """
     fds = ",".join(str(fd) for fd in range(FIRST_FD, FIRST_FD + listening))
     return {**environ, WORKER_FDS: fds}
 
 
 def describeExit(reason: Failure) -> str:
-    """How a process ended, for the log: an exit code or a signal's name."""
+    """
+    How a process ended, for the log: an exit code or a signal's name.
+
+    @param reason: what C{processEnded} was given.
+    @return: C{exit code 0}, C{SIGKILL} and the like.
+    """
     ended = reason.value
     if isinstance(ended, ProcessTerminated) and ended.signal is not None:
         try:
@@ -112,9 +124,21 @@ def describeExit(reason: Failure) -> str:
 
 @implementer(IRelayedWorker)
 class _Worker(LineProcessProtocol):
-    """One worker process, as its pool sees it."""
+    """
+    One worker process, as its pool sees it.
+
+    @ivar pool: the pool that started it.
+    @ivar index: its number in the pool, from 1; a replacement takes the
+        number of the worker it replaces.
+    @ivar pid: its process id, once started.
+    @ivar startedAt: when it was started, on the pool's clock.
+    """
 
     def __init__(self, pool: WorkerPool, index: int) -> None:
+        """
+        @param pool: the pool that starts it.
+        @param index: its number in the pool.
+        """
         super().__init__()
         self.pool = pool
         self.index = index
@@ -122,15 +146,34 @@ class _Worker(LineProcessProtocol):
         self.startedAt = 0.0
 
     def connectionMade(self) -> None:
+        """
+        The process runs: note its pid.
+        """
         self.pid = self.transport.pid  # type: ignore[union-attr]
 
     def lineReceived(self, childFD: int, line: str) -> None:
+        """
+        Pass a line of the worker's output to the pool to relay.
+
+        @param childFD: 1 for its standard output, 2 for its standard error.
+        @param line: the line, without its newline.
+        """
         self.pool.relay(self, childFD, line)
 
     def processEnded(self, reason: Failure) -> None:
+        """
+        Tell the pool that the worker is gone.
+
+        @param reason: how it ended.
+        """
         self.pool.workerEnded(self, reason)
 
     def signal(self, name: str) -> None:
+        """
+        Send the worker a signal, unless it has already ended.
+
+        @param name: the signal's name without C{SIG}: C{TERM}, C{KILL}.
+        """
         try:
             self.transport.signalProcess(name)  # type: ignore[union-attr]
         except ProcessExitedAlready:
@@ -148,10 +191,21 @@ class WorkerPool(Service):
     grows with each such death in a row (L{restartDelay}), so that a worker
     that cannot start does not make the parent spin.
 
+    @ivar count: how many workers run.
+    @ivar command: the program and arguments that start a worker
+        (L{workerCommand}).
+    @ivar descriptors: returns the listening sockets' descriptors, which
+        each worker inherits from L{FIRST_FD} on, in order.
     @ivar killAfter: seconds the workers get to drain their sessions after
         SIGTERM before they are killed.
+    @ivar workers: the running workers, by number.
     @ivar reports: what the workers' reports go to, if anything; without it
         they are logged like any other event.
+    @cvar steadyAfter: seconds a worker must run for its death to be no
+        quick one.
+    @cvar restartDelay: the delay before starting a worker again after so
+        many quick deaths in a row (Twisted's C{backoffPolicy}: 1 s,
+        doubling, at most a minute).
     """
 
     _log = Logger()
@@ -169,6 +223,16 @@ class WorkerPool(Service):
         killAfter: float,
         reactor: Any = None,
     ) -> None:
+        """
+        @param count: how many workers to run.
+        @param command: the program and arguments that start a worker.
+        @param descriptors: called as each worker starts, for the
+            descriptors of the sockets it inherits.
+        @param killAfter: seconds between SIGTERM and SIGKILL on shutdown.
+        @param reactor: what starts the processes and times the restarts
+            (an C{IReactorProcess} and C{IReactorTime}); by default the
+            reactor.
+        """
         if reactor is None:
             from twisted.internet import reactor
         self.count = count
@@ -184,6 +248,10 @@ class WorkerPool(Service):
         self._allEnded: list[Deferred[None]] = []
 
     def startService(self) -> None:
+        """
+        Start the workers, numbered from 1.  One that cannot be started is
+        logged and tried again later, as one that died at once would be.
+        """
         Service.startService(self)
         for index in range(1, self.count + 1):
             self._start(index)
@@ -234,13 +302,23 @@ class WorkerPool(Service):
         return delay
 
     def relay(self, worker: _Worker, childFD: int, line: str) -> None:
-        """Log a line C{worker} wrote, or take its report: L{relayLine}."""
+        """
+        Log a line C{worker} wrote, or pass its report to L{reports}:
+        L{relayLine}.
+
+        @param worker: the worker that wrote it.
+        @param childFD: 1 for its standard output, 2 for its standard error.
+        @param line: the line, without its newline.
+        """
         relayLine(self._log, self.reports, worker, childFD, line)
 
     def workerEnded(self, worker: _Worker, reason: Failure) -> None:
         """
         C{worker} is gone: replace it if this pool is running, or count it
         out if the pool is stopping.
+
+        @param worker: the worker whose process ended.
+        @param reason: how it ended.
         """
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
@@ -275,6 +353,8 @@ class WorkerPool(Service):
         SIGTERM: each stops accepting and drains its sessions.  Fires when all
         have ended; those still running after C{killAfter} seconds are
         killed.
+
+        @return: a C{Deferred} that fires when every worker has ended.
         """
         Service.stopService(self)
         for call in self._restarts.values():

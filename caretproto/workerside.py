@@ -48,7 +48,13 @@ C{listenSSL} or C{adoptStreamPort}, which L{inheritedEndpoint} answers.
 
 
 def adoptable(description: str) -> bool:
-    """Whether workers can share the socket that C{description} listens on."""
+    """
+    Whether workers can share the socket that C{description} listens on.
+
+    @param description: a server endpoint description.
+    @return: whether its type, behind C{haproxy:} or not, is one of
+        L{ADOPTABLE}.
+    """
     kind, _, wrapped = description.partition(":")
     if kind == proxy.PREFIX:
         return adoptable(wrapped)
@@ -187,6 +193,17 @@ def inheritedEndpoint(
     description puts in front (TLS for C{ssl:}, the PROXY protocol for
     C{haproxy:}, believing C{trusted} peers), done by the description's own
     endpoint.
+
+    @param reactor: the reactor to accept with.
+    @param description: the C{--port} endpoint description, as the parent
+        listens on it.
+    @param fd: the inherited listening socket.
+    @param backlog: the listen queue size, for a description without
+        C{backlog=} (a UNIX port listens again as it starts).
+    @param trusted: whose PROXY protocol headers to believe, for a
+        C{haproxy:} description.
+    @return: the endpoint; it takes over C{fd} when it listens, closing
+        this descriptor.
     """
     adopting = _AdoptingReactor(reactor, fd, backlog)
 
@@ -233,18 +250,30 @@ class ParentLink(Service):
     _log = Logger()
 
     def __init__(self, reactor: Any = None, fd: int = 0) -> None:
+        """
+        @param reactor: the reactor to watch the pipe with and to stop; by
+            default the reactor.
+        @param fd: the pipe from the parent: standard input.
+        """
         if reactor is None:
             from twisted.internet import reactor
         self._reactor: Any = reactor
         self._pipe = _ParentPipe(fd, self._parentGone)
 
     def startService(self) -> None:
+        """
+        Ignore SIGINT, and watch the pipe from the parent: when it reaches
+        its end, stop the reactor, which stops the worker's services.
+        """
         Service.startService(self)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         fdesc.setNonBlocking(self._pipe.fileno())
         IReactorFDSet(self._reactor).addReader(self._pipe)
 
     def stopService(self) -> None:
+        """
+        Stop watching the pipe: the worker is stopping already.
+        """
         Service.stopService(self)
         IReactorFDSet(self._reactor).removeReader(self._pipe)
 
