@@ -45,6 +45,7 @@ from caretproto.referenceclient import (
 )
 
 PROGRAM = "caret-client"
+"""The command's name, in its messages and its C{--version}."""
 
 SPARE_FILES = 64
 """Descriptors needed besides one per connection: stdio, the reactor's own."""
@@ -120,7 +121,19 @@ def _fail(message: str, status: int) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Run C{caret-client} with C{argv} (default: the command line)."""
+    """
+    Run C{caret-client} with C{argv}: parse the options, raise the
+    open-files limit for C{-n} connections, run the sessions, print their
+    log and the elapsed time.
+
+    @param argv: the arguments, without the program's name; C{None} for
+        the command line's.
+    @return: does not return: the process exits.
+    @raise SystemExit: always: status 0 when every session went as the
+        protocol says; 1 with a one-line summary on standard error when any
+        failed, when the options are wrong, or when the open-files limit
+        cannot be raised far enough.
+    """
     options = Options()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
