@@ -37,6 +37,7 @@ from caretproto.optionchecks import endpointPort, printVersion, tcpPort
 ENDPOINT_EXAMPLES = (
     "tcp:host=127.0.0.1:port=9090, unix:path=/run/caret.sock, tls:example.com:9443"
 )
+"""Client endpoint descriptions that the help and the errors show."""
 
 
 def connectTo(
@@ -99,6 +100,9 @@ class ClientOptions(usage.Options):
     argument.
 
     @cvar program: the command's name, for C{--version}.
+    @cvar optFlags: C{--tls}; a subclass adds its own.
+    @cvar optParameters: C{--ca} and C{--endpoint}; a subclass adds its
+        own.
     @ivar connectTo: the endpoint the options name, once parsed.
     """
 

@@ -374,6 +374,8 @@ class ReferenceLogObserver:
 
     def __init__(self, stream: TextIO) -> None:
         """
+        An observer that writes to C{stream}.
+
         @param stream: where the lines go, such as C{sys.stdout}.
         """
         self.stream = stream
