@@ -81,8 +81,8 @@ def message(size: int) -> bytes:
     A message of C{size} bytes on the wire: C{^}, C{size - 2} body, C{$}.
 
     @param size: the message's length, C{^} and C{$} included: at least 2.
-    @return: the message, its body taken from L{BODY_PATTERN}, so that its
-        reply has every byte value the body does.
+    @return: the message; its body is L{BODY_PATTERN}, repeated and cut
+        to length.
     """
     return (
         MSG_START
@@ -188,7 +188,8 @@ class Tally:
             99th percentile.
         @return: the duration, to the microsecond; C{None} if no round was
             counted.
-        @raise AssertionError: never, unless the counts are broken.
+        @raise AssertionError: if the counts do not add up to their total,
+            which a tally of this module's never does.
         """
         total = sum(self.latencyMicros.values())
         if not total:

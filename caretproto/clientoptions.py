@@ -221,7 +221,8 @@ class ClientOptions(usage.Options):
         L{connectTo}, the endpoint the options name: any mistake is a usage
         error now, before anything connects.
 
-        @raise usage.UsageError: the endpoint cannot be made (see
+        @raise usage.UsageError: the C{--endpoint} description's port is
+            not a port number, or the endpoint cannot be made (see
             L{caretproto.clientoptions.connectTo}).
         """
         from twisted.internet import reactor

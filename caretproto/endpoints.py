@@ -71,7 +71,7 @@ def resolve(host: str, port: int) -> str:
     The first address of C{host} for a stream connection to C{port}.
 
     @param host: a name or an IP address (which is its own address).
-    @param port: the TCP port, which the lookup may use to choose.
+    @param port: the TCP port the connection is for.
     @return: the address, IPv4 or IPv6, as text.
     @raise ValueError: C{host} cannot be resolved; the message says why.
     """

@@ -79,8 +79,8 @@ def positiveOrOff(
     @param example: a good value, for the error message and the help.
     @param convert: what turns the text into a number (C{int}, C{float}).
     @return: the check, as the coerce function of an C{optParameters}
-        entry: it returns the number, or C{None} for L{OFF} (in any case,
-        spaces around it ignored), or raises C{usage.UsageError}.
+        entry: it returns the number, or C{None} for L{OFF} (in any letter
+        case, spaces around it ignored), or raises C{usage.UsageError}.
     """
     number = positive(name, example, convert)
 

@@ -292,8 +292,8 @@ def runSession(
     Run C{script} on one connection through C{endpoint}, logging as
     C{name}.  Never fails: a failure is in the L{Outcome}.
 
-    @param clock: the reactor: what connects, and what the pauses and the
-        timeouts are measured on (a test's C{Clock}, with a fake endpoint).
+    @param clock: what the pauses and the timeouts are waited on, and the
+        log's times read from: the reactor, or a test's C{Clock}.
     @param endpoint: where the server is.
     @param name: the connection's name in the log and the L{Outcome}.
     @param log: where the session's steps and reads go, at C{info}, and a
@@ -319,7 +319,8 @@ def runSessions(
     Run C{script} on C{count} connections at once, named C{conn1},
     C{conn2}...; fire with their L{Report} when all have ended.
 
-    @param clock: the reactor, as L{runSession} takes it.
+    @param clock: as L{runSession} takes it; the report's C{elapsed} is
+        measured on it too.
     @param endpoint: where the server is: every connection opens it.
     @param count: how many connections.
     @param log: where every session logs, as L{runSession} says.
