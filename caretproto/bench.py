@@ -53,6 +53,8 @@ from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed, replyTo
 from caretproto.writenow import writeNow
 
 MODES = ("rr", "bulk", "hold", "sessions")
+"""What a load can run, as C{--mode} names it (the module's docstring says
+what each is)."""
 
 BODY_PATTERN = bytes(b for b in range(256) if b != MSG_END[0])
 """Every byte a message body may hold, once: 255 bytes."""
@@ -75,7 +77,13 @@ GRACE = 10.0
 
 
 def message(size: int) -> bytes:
-    """A message of C{size} bytes on the wire: C{^}, C{size - 2} body, C{$}."""
+    """
+    A message of C{size} bytes on the wire: C{^}, C{size - 2} body, C{$}.
+
+    @param size: the message's length, C{^} and C{$} included: at least 2.
+    @return: the message; its body is L{BODY_PATTERN}, repeated and cut
+        to length.
+    """
     return (
         MSG_START
         + (BODY_PATTERN * (size // len(BODY_PATTERN) + 1))[: size - 2]
@@ -91,6 +99,8 @@ class Tally:
 
     @ivar rounds: rounds (rr, hold) or sessions completed in the window.
     @ivar bytes: reply bytes checked in the window.
+    @ivar errors: wrong bytes, failed connections and unasked-for closes,
+        counted.
     @ivar elapsed: the window, in seconds: C{duration} for rr and bulk, the
         round on every connection for hold, start to the last close for
         sessions.
@@ -98,6 +108,8 @@ class Tally:
     @ivar connections: connections asked for.
     @ivar held: connections greeted and still open when the window began.
     @ivar connectSeconds: seconds to open and greet every connection.
+    @ivar errorSamples: the first few errors' descriptions (at most
+        L{ERROR_SAMPLES}).
     """
 
     rounds: int = 0
@@ -111,6 +123,12 @@ class Tally:
     errorSamples: list[str] = field(default_factory=list)
 
     def toJSON(self) -> dict[str, Any]:
+        """
+        This tally as a load process sends it to the runner.
+
+        @return: a dictionary that C{json.dumps} takes, and L{fromJSON}
+            turns back into an equal tally.
+        """
         return {
             "rounds": self.rounds,
             "bytes": self.bytes,
@@ -125,6 +143,12 @@ class Tally:
 
     @classmethod
     def fromJSON(cls, data: dict[str, Any]) -> Tally:
+        """
+        The tally that L{toJSON} described.
+
+        @param data: what L{toJSON} returned, through JSON.
+        @return: the tally.
+        """
         return cls(
             rounds=data["rounds"],
             bytes=data["bytes"],
@@ -138,7 +162,12 @@ class Tally:
         )
 
     def merge(self, other: Tally) -> Tally:
-        """Two shares run side by side, as one: counts add, windows overlap."""
+        """
+        Two shares run side by side, as one: counts add, windows overlap.
+
+        @param other: the other share's tally.
+        @return: a new tally; neither is changed.
+        """
         return Tally(
             rounds=self.rounds + other.rounds,
             bytes=self.bytes + other.bytes,
@@ -152,7 +181,16 @@ class Tally:
         )
 
     def percentileMs(self, fraction: float) -> float | None:
-        """The round duration below which C{fraction} of rounds fell, in ms."""
+        """
+        The round duration below which C{fraction} of rounds fell, in ms.
+
+        @param fraction: from 0 to 1: C{0.5} for the median, C{0.99} for the
+            99th percentile.
+        @return: the duration, to the microsecond; C{None} if no round was
+            counted.
+        @raise AssertionError: if the counts do not add up to their total,
+            which a tally of this module's never does.
+        """
         total = sum(self.latencyMicros.values())
         if not total:
             return None
@@ -178,6 +216,12 @@ class _Connection(Protocol):
     One load connection: checks the greeting, then hands every read to
     C{replyReceived}.  Any byte that is not what the rules say, or a close
     the load did not ask for, is an error and ends the connection.
+
+    @ivar load: the load this connection is part of.
+    @ivar transport: the connection, once made: TCP, or TLS over it.
+    @ivar isReady: whether the greeting has come.
+    @ivar ended: whether the connection failed, or was lost unasked.
+    @ivar closing: whether the load has closed it.
     """
 
     load: Load
@@ -187,9 +231,15 @@ class _Connection(Protocol):
     closing = False
 
     def connectionMade(self) -> None:
+        """Tell the load that this connection is open."""
         self.load.connectionMade(self)
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Check the greeting, then hand every read to C{replyReceived}.
+
+        @param data: bytes from the server, as cut by the network.
+        """
         if self.isReady:
             self.replyReceived(data)
             return
@@ -201,6 +251,13 @@ class _Connection(Protocol):
         self.load.greeted(self)
 
     def replyReceived(self, data: bytes) -> None:
+        """
+        Check reply bytes against what the mode expects.
+
+        @param data: reply bytes, after the greeting, as cut by the network.
+        @raise NotImplementedError: always, here; each mode's connection
+            checks its own replies.
+        """
         raise NotImplementedError
 
     def begin(self) -> None:
@@ -212,6 +269,11 @@ class _Connection(Protocol):
         self.transport.loseConnection()
 
     def fail(self, reason: str) -> None:
+        """
+        Count an error, once, and drop the connection.
+
+        @param reason: what went wrong, for the report.
+        """
         if self.ended:
             return
         self.ended = True
@@ -219,6 +281,12 @@ class _Connection(Protocol):
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Count a close that neither the load nor a failure asked for as an
+        error, and tell the load the connection is gone.
+
+        @param reason: why the connection was lost.
+        """
         if not (self.closing or self.ended):
             self.ended = True
             self.load.error(f"server closed the connection: {reason.getErrorMessage()}")
@@ -407,9 +475,25 @@ class Load:
     Call L{connect}, then L{start} once it has fired; L{start} fires with the
     L{Tally} when every connection is closed.
 
+    Its connections call it back as they go (L{newConnection},
+    L{connectionMade}, L{greeted}, L{error}, L{connectionLost}).
+
+    @ivar reactor: what connects, and what the window is timed on.
+    @ivar mode: one of L{MODES}.
+    @ivar connections: how many connections the share opens.
+    @ivar size: bytes of each rr or hold message on the wire.
+    @ivar duration: seconds of the window (rr, bulk) or of holding (hold).
+    @ivar greetingTimeout: seconds every connection has to be greeted.
+    @ivar factory: the factory the connections are built by, through
+        L{newConnection}.
     @ivar latencies: round (or session) durations in seconds, in the order
         they completed.
     @ivar measuring: whether the window is open.
+    @ivar startedAt: when the window (or, for hold, the round on each
+        connection) began, on C{time.perf_counter}'s clock.
+    @ivar tally: the figures, as they are counted.
+    @ivar open: the connections open now.
+    @ivar ready: the connections greeted before the window opened.
     """
 
     _log = Logger()
@@ -425,6 +509,22 @@ class Load:
         script: Script = REFERENCE_SCRIPT,
         greetingTimeout: float = 10.0,
     ) -> None:
+        """
+        A load with no connection yet: L{connect} opens them.
+
+        @param reactor: the reactor: an C{IReactorTime} that the endpoint
+            connects with.
+        @param endpoint: where the server is; every connection opens it.
+        @param mode: what to run, one of L{MODES}.
+        @param connections: how many connections.
+        @param size: bytes of each rr or hold message on the wire, C{^} and
+            C{$} included.
+        @param duration: seconds to measure (rr, bulk) or to hold (hold).
+        @param script: the session that sessions runs.
+        @param greetingTimeout: seconds every connection has to be greeted,
+            in the modes that connect before measuring.
+        @raise ValueError: C{mode} is not one of L{MODES}.
+        """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}: {mode!r}")
         self.reactor = reactor
@@ -459,7 +559,12 @@ class Load:
         self._sessionReplies = expectedReplies(script)
 
     def progress(self) -> dict[str, Any]:
-        """What the load has done so far, for a live display."""
+        """
+        What the load has done so far, for a live display.
+
+        @return: counts of connections C{ready} and C{open}, of C{rounds}
+            completed, of reply C{bytes} checked, and of C{errors}.
+        """
         rounds = len(self.latencies)
         if self.mode == "bulk":
             replyBytes = self.tally.bytes + sum(
@@ -485,6 +590,9 @@ class Load:
         thread-pool server greets only as many as it serves at once).  For
         sessions, whose first contact is part of what is timed, connecting
         waits for L{start} and this fires at once.
+
+        @return: fires with C{None} once every attempt is settled; never
+            fails, since a connection's failure is counted in the tally.
         """
         if self.mode == "sessions":
             return succeed(None)
@@ -549,6 +657,11 @@ class Load:
         connected.callback(None)
 
     def newConnection(self) -> _Connection:
+        """
+        Build the protocol of one connection, as the mode has it.
+
+        @return: the connection, set up with what its replies must be.
+        """
         connection: _Connection
         if self.mode in ("rr", "hold"):
             connection = _RoundTrips()
@@ -563,9 +676,20 @@ class Load:
         return connection
 
     def connectionMade(self, connection: _Connection) -> None:
+        """
+        Count C{connection} as open.
+
+        @param connection: a connection of this load, just connected.
+        """
         self.open.add(connection)
 
     def greeted(self, connection: _Connection) -> None:
+        """
+        C{connection} was greeted: it is ready to measure, or, for sessions,
+        it begins its session now.
+
+        @param connection: a connection of this load.
+        """
         connection.isReady = True
         if self.mode == "sessions":
             connection.begin()
@@ -574,12 +698,24 @@ class Load:
         self._settle()
 
     def error(self, reason: str) -> None:
+        """
+        Count an error; keep and log its description if it is one of the
+        first few (L{ERROR_SAMPLES}).
+
+        @param reason: what went wrong.
+        """
         self.tally.errors += 1
         if len(self.tally.errorSamples) < ERROR_SAMPLES:
             self.tally.errorSamples.append(reason)
             self._log.error("caret-bench: {reason}", reason=reason)
 
     def connectionLost(self, connection: _Connection) -> None:
+        """
+        C{connection} is gone: that settles its attempt if it was never
+        greeted (or, for sessions, its session), and may end the load.
+
+        @param connection: a connection of this load.
+        """
         self.open.discard(connection)
         if self.mode == "sessions" or not connection.isReady:
             self._settle()
@@ -589,7 +725,13 @@ class Load:
     # Measuring.
 
     def start(self) -> Deferred[Tally]:
-        """Open the window: fires with the tally once every connection closed."""
+        """
+        Open the window: rr and bulk measure on the connections greeted,
+        hold waits L{duration} and then does one round on each, sessions
+        connects and runs every session.
+
+        @return: fires with the L{Tally} once every connection has closed.
+        """
         self.startedAt = time.perf_counter()
         if self.mode == "sessions":
             self.measuring = True

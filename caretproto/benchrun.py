@@ -37,6 +37,7 @@ from caretproto.optionchecks import positive, usageFailure
 from caretproto.processlines import LineProcessProtocol
 
 PROGRAM = "caret-bench"
+"""The command's name, in its messages and its C{--version}."""
 
 LOAD_PROCESS = "--load-process"
 """The first argument of a load process, followed by its L{Params} as JSON."""
@@ -51,6 +52,19 @@ class Params:
     What to run: the options of one C{caret-bench} command.  The server is
     C{host} and C{port} (over TLS if C{tls}), or the client endpoint
     description C{endpoint}.
+
+    @ivar host: the server's name or address, or C{None} with C{endpoint}.
+    @ivar port: the server's TCP port, or C{None} with C{endpoint}.
+    @ivar mode: C{--mode}, one of L{caretproto.bench.MODES}.
+    @ivar connections: C{--connections}, over all processes.
+    @ivar size: C{--size}, bytes of each rr or hold message on the wire.
+    @ivar duration: C{--duration}, in seconds.
+    @ivar processes: C{--processes}.
+    @ivar tls: C{--tls}.
+    @ivar ca: C{--ca}, the path of a PEM certificate, or C{None}.
+    @ivar greetingTimeout: C{--greeting-timeout}, in seconds.
+    @ivar endpoint: C{--endpoint}, a client endpoint description, or
+        C{None}.
     """
 
     host: str | None
@@ -66,7 +80,13 @@ class Params:
     endpoint: str | None = None
 
     def shares(self) -> list[Params]:
-        """The same run cut into one share per process (none left empty)."""
+        """
+        The same run cut into one share per process (none left empty).
+
+        @return: one L{Params} per process, each for one process and its
+            part of the connections; as many as C{processes}, unless there
+            are fewer connections.
+        """
         processes = min(self.processes, self.connections)
         each, extra = divmod(self.connections, processes)
         return [
@@ -89,7 +109,13 @@ class Params:
 
 
 def mode(value: str) -> str:
-    """C{--mode}: one of L{MODES}."""
+    """
+    C{--mode}: one of L{MODES}.
+
+    @param value: the value given.
+    @return: C{value}.
+    @raise usage.UsageError: C{value} is not a mode.
+    """
     if value not in MODES:
         raise usage.UsageError(
             f"--mode takes one of {', '.join(MODES)}, like --mode rr; got {value!r}"
@@ -102,7 +128,38 @@ mode.coerceDoc = f"One of {', '.join(MODES)}."  # type: ignore[attr-defined]
 
 class Options(ClientOptions):
     """
-    Options of C{caret-bench}; where the server is: L{ClientOptions}.
+    Options of C{caret-bench}; where the server is: L{ClientOptions}.  Each,
+    with its default (C{caret-bench --help} describes them in full):
+
+      - C{--mode MODE}, C{-m}: what to run, one of rr, bulk, hold and
+        sessions (L{caretproto.bench} says what each does). [default: rr]
+      - C{--connections N}, C{-c}: connections, spread over the processes.
+        [default: 1]
+      - C{--size BYTES}, C{-s}: bytes of each rr or hold message on the
+        wire, C{^} and C{$} included; at least 3. [default: 16]
+      - C{--duration SECONDS}, C{-d}: how long to measure (rr, bulk) or to
+        hold (hold); sessions ignore it. [default: 10.0]
+      - C{--processes N}, C{-P}: client processes to spread the
+        connections over. [default: 1]
+      - C{--greeting-timeout SECONDS}: rr, bulk, hold: how long every
+        connection has to be greeted; the rest are errors. [default: 10.0]
+      - C{--json}: print the report as one JSON object.
+      - C{--tls}: speak TLS to C{HOST PORT}.
+      - C{--ca FILE}: with C{--tls}, a PEM file of the certificate
+        authority to trust instead of the system's. [default: none]
+      - C{--endpoint DESCRIPTION}: a Twisted client endpoint description
+        to connect to instead of C{HOST PORT}. [default: none]
+
+    tests/test_docpages.py checks this list against the options themselves.
+
+    @cvar program: L{PROGRAM}, for C{--version}.
+    @cvar synopsis: the first line of C{--help}.
+    @cvar longdesc: what C{--help} says the command does, and what its
+        report holds.
+    @cvar optFlags: the options that take no value, as C{usage.Options}
+        reads them.
+    @cvar optParameters: the options that take a value, with their
+        defaults and checks, as C{usage.Options} reads them.
     """
 
     program = PROGRAM
@@ -163,6 +220,13 @@ class Options(ClientOptions):
     ]
 
     def postOptions(self) -> None:
+        """
+        Refuse a C{--size} too small for a message, then check the server as
+        L{ClientOptions.postOptions} does.
+
+        @raise usage.UsageError: C{--size} is below 3, or the server is
+            wrong.
+        """
         if self["size"] < 3:
             raise usage.UsageError(
                 f"--size takes at least 3 (^, one byte, $), like --size 16; "
@@ -171,7 +235,11 @@ class Options(ClientOptions):
         super().postOptions()
 
     def params(self) -> Params:
-        """The run these options ask for."""
+        """
+        The run these options ask for.
+
+        @return: the options, parsed, as one value.
+        """
         return Params(
             host=self["host"],
             port=self["port"],
@@ -191,6 +259,8 @@ def parseParams(args: Sequence[str]) -> tuple[Params, bool]:
     """
     C{args} as parameters and whether to print JSON.
 
+    @param args: the command line's arguments, without the program's name.
+    @return: the run, and whether C{--json} was given.
     @raise usage.UsageError: an option or argument is wrong; the message
         names it.
     """
@@ -203,6 +273,11 @@ def endpointFor(reactor: Any, params: Params) -> IStreamClientEndpoint:
     """
     The endpoint every connection of a load opens: with C{HOST PORT}, the
     host is resolved once, not per connection.
+
+    @param reactor: the reactor the endpoint connects with.
+    @param params: the run, which says where the server is.
+    @return: the endpoint, as L{caretproto.clientoptions.connectTo} makes
+        it.
     """
     return connectTo(
         reactor,
@@ -215,7 +290,14 @@ def endpointFor(reactor: Any, params: Params) -> IStreamClientEndpoint:
 
 
 def report(params: Params, tally: Tally) -> dict[str, Any]:
-    """The run's figures, as C{--json} prints them."""
+    """
+    The run's figures, as C{--json} prints them.
+
+    @param params: the run.
+    @param tally: what the run measured, every share's merged.
+    @return: the options, then the figures (the command's C{--help} names
+        them); rates are 0 if nothing was measured.
+    """
     # A run that never measured (nothing connected) has no rate: 0, which
     # JSON can carry, rather than NaN, which it cannot.
     elapsed = tally.elapsed or float("inf")
@@ -244,7 +326,12 @@ def report(params: Params, tally: Tally) -> dict[str, Any]:
 
 
 def summary(figures: dict[str, Any]) -> str:
-    """The report as a few lines for a person."""
+    """
+    The report as a few lines for a person.
+
+    @param figures: the report, as L{report} makes it.
+    @return: the lines, without a final newline.
+    """
 
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f} ms"
@@ -291,24 +378,58 @@ def _counted(count: int, one: str, many: str | None = None) -> str:
 
 
 class Share:
-    """One process's part of a run, as the runner sees it."""
+    """
+    One process's part of a run, as the runner sees it.
+
+    @ivar connections: how many connections this share opens.
+    """
 
     connections = 0
 
     def ready(self) -> Deferred[None]:
+        """
+        Open and greet this share's connections.
+
+        @return: fires once every connection is greeted or has failed.
+        @raise NotImplementedError: always, here.
+        """
         raise NotImplementedError
 
     def start(self) -> Deferred[Tally]:
+        """
+        Start measuring, once every share is L{ready}.
+
+        @return: fires with this share's L{Tally} when its connections have
+            closed.
+        @raise NotImplementedError: always, here.
+        """
         raise NotImplementedError
 
     def progress(self) -> dict[str, Any]:
+        """
+        What this share has done so far, for the live display.
+
+        @return: counts, as L{Load.progress} gives them.
+        @raise NotImplementedError: always, here.
+        """
         raise NotImplementedError
 
 
 class LocalShare(Share):
-    """A load run in this process."""
+    """
+    A load run in this process.
+
+    @ivar connections: how many connections this share opens.
+    @ivar load: the load.
+    """
 
     def __init__(self, reactor: Any, params: Params) -> None:
+        """
+        Make the load, not yet connected.
+
+        @param reactor: the reactor the load connects with.
+        @param params: the share's run.
+        """
         self.connections = params.connections
         self.load = Load(
             reactor,
@@ -321,12 +442,27 @@ class LocalShare(Share):
         )
 
     def ready(self) -> Deferred[None]:
+        """
+        Connect the load (L{Load.connect}).
+
+        @return: fires once every connection is greeted or has failed.
+        """
         return self.load.connect()
 
     def start(self) -> Deferred[Tally]:
+        """
+        Start the load (L{Load.start}).
+
+        @return: fires with its L{Tally} when its connections have closed.
+        """
         return self.load.start()
 
     def progress(self) -> dict[str, Any]:
+        """
+        The load's progress (L{Load.progress}).
+
+        @return: its counts.
+        """
         return self.load.progress()
 
 
@@ -334,9 +470,18 @@ class ProcessShare(Share, LineProcessProtocol):
     """
     A load run by a load process (C{caret-bench --load-process PARAMS}), which
     reports by JSON lines on its stdout and starts on C{go} on its stdin.
+
+    @ivar connections: how many connections this share opens.
+    @ivar params: the share's run.
     """
 
     def __init__(self, reactor: Any, params: Params) -> None:
+        """
+        Start the load process.
+
+        @param reactor: the reactor, an C{IReactorProcess}, that spawns it.
+        @param params: the share's run, which the load process is given.
+        """
         LineProcessProtocol.__init__(self)
         self.connections = params.connections
         self.params = params
@@ -353,17 +498,42 @@ class ProcessShare(Share, LineProcessProtocol):
         )
 
     def ready(self) -> Deferred[None]:
+        """
+        Wait for the load process to say it is ready.
+
+        @return: fires once its connections are greeted or have failed, or
+            once it has ended.
+        """
         return self._ready
 
     def start(self) -> Deferred[Tally]:
+        """
+        Tell the load process to start measuring.
+
+        @return: fires with the load process's L{Tally}, or, if it ends
+            without one, a tally that counts each of its connections as an
+            error.
+        """
         if self.transport is not None:
             self.transport.write(b"go\n")
         return self._done
 
     def progress(self) -> dict[str, Any]:
+        """
+        The load process's last progress report.
+
+        @return: its counts; empty before its first report.
+        """
         return self._progress
 
     def lineReceived(self, childFD: int, line: str) -> None:
+        """
+        Read one report of the load process (ready, progress, or its
+        tally), or pass a line of its standard error on to ours.
+
+        @param childFD: 1 for a report, 2 for an error message.
+        @param line: a JSON object, or the error message.
+        """
         if childFD != 1:
             # The load process's own errors, for the person running the command.
             print(line, file=sys.stderr, flush=True)
@@ -377,6 +547,13 @@ class ProcessShare(Share, LineProcessProtocol):
             self._done.callback(Tally.fromJSON(news["tally"]))
 
     def processEnded(self, reason: Failure) -> None:
+        """
+        Make sure that neither L{ready} nor L{start} waits on a load process
+        that has ended: if it ended before sending its tally, each of its
+        connections counts as an error.
+
+        @param reason: how the process ended.
+        """
         if not self._ready.called:
             self._ready.callback(None)
         if not self._done.called:
@@ -390,7 +567,13 @@ class ProcessShare(Share, LineProcessProtocol):
 
 
 def loadProcessCommand(params: Params) -> list[str]:
-    """The command line of a load process that runs C{params}."""
+    """
+    The command line of a load process that runs C{params}.
+
+    @param params: the share's run.
+    @return: the program and its arguments: this module, run by this
+        process's Python.
+    """
     return [
         sys.executable,
         "-m",
@@ -422,7 +605,15 @@ class _LoadProcessControl(LineOnlyReceiver):
 
 
 async def runLoadProcess(reactor: Any, params: Params) -> None:
-    """Run one share as a load process, under a runner's control."""
+    """
+    Run one share as a load process, under a runner's control: connect,
+    say so on standard output, start measuring on C{go} from standard
+    input, report progress as it goes, then the tally.  A runner that goes
+    away stops the process.
+
+    @param reactor: the reactor the load runs in.
+    @param params: the share's run.
+    """
     from twisted.internet.stdio import StandardIO
 
     control = _LoadProcessControl()
@@ -455,7 +646,13 @@ class Display:
     """What a person sees while a run goes on: nothing, by default."""
 
     def update(self, progress: dict[str, Any], phase: str) -> None:
-        """The shares' progress, summed, and what the run is doing."""
+        """
+        The shares' progress, summed, and what the run is doing: show them
+        (here, nothing).
+
+        @param progress: counts, as L{Load.progress} gives them.
+        @param phase: C{connecting}, or the mode once measuring.
+        """
 
     def stop(self) -> None:
         """The run is over."""
@@ -465,6 +662,12 @@ class LiveDisplay(Display):
     """A live line of figures on a terminal, with rich (the C{live} extra)."""
 
     def __init__(self, console: Any = None) -> None:
+        """
+        Start showing.
+
+        @param console: the rich console to show on; standard error's if
+            C{None}.
+        """
         from rich.console import Console
         from rich.live import Live
 
@@ -474,6 +677,12 @@ class LiveDisplay(Display):
         self._last: tuple[float, int, int] | None = None
 
     def update(self, progress: dict[str, Any], phase: str) -> None:
+        """
+        Show the counts, with rates since the last update.
+
+        @param progress: counts, as L{Load.progress} gives them.
+        @param phase: C{connecting}, or the mode once measuring.
+        """
         from rich.table import Table
 
         now = time.monotonic()
@@ -497,6 +706,7 @@ class LiveDisplay(Display):
         self._live.update(table, refresh=True)
 
     def stop(self) -> None:
+        """Stop showing; the last line stays on the terminal."""
         self._live.stop()
 
 
@@ -504,6 +714,11 @@ async def run(reactor: Any, params: Params, display: Display | None = None) -> T
     """
     Run C{params}: in this process, or in C{params.processes} load processes that
     start measuring together.  The merged tally.
+
+    @param reactor: the reactor the run connects with and is timed on.
+    @param params: the run.
+    @param display: what shows its progress; nothing, if C{None}.
+    @return: every share's tally, merged, with the connections asked for.
     """
     display = display if display is not None else Display()
     if params.processes == 1:
@@ -562,7 +777,15 @@ def _canShowLive() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The C{caret-bench} console script."""
+    """
+    The C{caret-bench} console script; also a load process's, when the
+    first argument is C{--load-process}.
+
+    @param argv: the arguments, without the program's name; C{None} for
+        the command line's.
+    @raise SystemExit: always: status 0 when the run found no error; 1 when
+        it did, or when the options are wrong.
+    """
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == [LOAD_PROCESS]:
         params = Params(**json.loads(args[1]))

@@ -45,13 +45,40 @@ from caretproto.referenceclient import (
 )
 
 PROGRAM = "caret-client"
+"""The command's name, in its messages and its C{--version}."""
 
 SPARE_FILES = 64
 """Descriptors needed besides one per connection: stdio, the reactor's own."""
 
 
 class Options(ClientOptions):
-    """Options of C{caret-client}; where the server is: L{ClientOptions}."""
+    """
+    Options of C{caret-client}; where the server is: L{ClientOptions}.
+    Each, with its default (C{caret-client --help} describes them in full):
+
+      - C{--connections N}, C{-n}: how many connections run the session at
+        once. [default: 1]
+      - C{--timeout SECONDS}: how long a connection may wait to connect,
+        for its greeting, or for the server to close after it has.
+        [default: 60.0]
+      - C{--quiet}, C{-q}: log only failures; print the elapsed time and
+        the summary.
+      - C{--tls}: speak TLS to C{HOST PORT}.
+      - C{--ca FILE}: with C{--tls}, a PEM file of the certificate
+        authority to trust instead of the system's. [default: none]
+      - C{--endpoint DESCRIPTION}: a Twisted client endpoint description
+        to connect to instead of C{HOST PORT}. [default: none]
+
+    tests/test_docpages.py checks this list against the options themselves.
+
+    @cvar program: L{PROGRAM}, for C{--version}.
+    @cvar synopsis: the first line of C{--help}.
+    @cvar longdesc: what C{--help} says the command does.
+    @cvar optFlags: the options that take no value, as C{usage.Options}
+        reads them.
+    @cvar optParameters: the options that take a value, with their
+        defaults and checks, as C{usage.Options} reads them.
+    """
 
     program = PROGRAM
     synopsis = (
@@ -120,7 +147,19 @@ def _fail(message: str, status: int) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Run C{caret-client} with C{argv} (default: the command line)."""
+    """
+    Run C{caret-client} with C{argv}: parse the options, raise the
+    open-files limit for C{-n} connections, run the sessions, print their
+    log and the elapsed time.
+
+    @param argv: the arguments, without the program's name; C{None} for
+        the command line's.
+    @return: does not return: the process exits.
+    @raise SystemExit: always: status 0 when every session went as the
+        protocol says; 1 with a one-line summary on standard error when any
+        failed, when the options are wrong, or when the open-files limit
+        cannot be raised far enough.
+    """
     options = Options()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)

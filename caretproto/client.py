@@ -46,7 +46,13 @@ class ConnectionClosed(Exception):
 
 @dataclass
 class _Owed:
-    """Reply bytes owed for one send, in the order they were sent."""
+    """
+    Reply bytes owed for one send, in the order they were sent.
+
+    @ivar remaining: reply bytes still to come for it.
+    @ivar request: the request's Deferred, or C{None} for a raw send.
+    @ivar parts: a request's reply bytes so far, as cut by the network.
+    """
 
     remaining: int
     request: Deferred[bytes] | None = None
@@ -64,6 +70,7 @@ class CaretClientProtocol(Protocol):
     @ivar lostReason: why it went, once it has.
     @ivar state: the server's state, as the bytes sent so far leave it.
     @ivar owed: reply bytes sent for but not yet received.
+    @ivar transport: the connection, once made.
     """
 
     transport: ITransport
@@ -73,6 +80,9 @@ class CaretClientProtocol(Protocol):
     _greetingSeen = False
 
     def __init__(self) -> None:
+        """
+        A protocol not yet connected: L{greeted} and L{closed} are waiting.
+        """
         self.greeted: Deferred[CaretClientProtocol] = Deferred()
         self.closed: Deferred[None] = Deferred()
         self._owedQueue: deque[_Owed] = deque()
@@ -81,6 +91,8 @@ class CaretClientProtocol(Protocol):
         """
         Send raw bytes: any part of any message, or none.  Their replies
         reach L{replyReceived} and are counted ahead of later requests.
+
+        @param data: the bytes, as the server is to receive them.
         """
         self._expect(data)
         writeNow(self.transport, data)
@@ -93,6 +105,9 @@ class CaretClientProtocol(Protocol):
         each fires in turn.  (Were a raw L{send} to leave a message open, the
         C{^} would be answered too, and the reply one byte longer.)
 
+        @param body: the message's body, without its C{^} and C{$}.
+        @return: fires with the reply's bytes; fails with L{ConnectionClosed}
+            if the connection is lost before all have arrived.
         @raise ValueError: if C{body} contains C{$}, which would end the
             message early.
         """
@@ -127,6 +142,8 @@ class CaretClientProtocol(Protocol):
         """
         Reply bytes arrived, as cut by the network.  Override to see them;
         requests receive theirs regardless.
+
+        @param data: the bytes, after the greeting, in the order received.
         """
 
     def _expect(self, data: bytes, request: Deferred[bytes] | None = None) -> None:
@@ -136,6 +153,14 @@ class CaretClientProtocol(Protocol):
             self._owedQueue.append(_Owed(len(reply), request))
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Check the greeting, then hand the bytes after it to L{replyReceived}
+        and to the requests they answer, oldest first.  A first byte other
+        than the greeting fails L{greeted} with L{GreetingError} and closes
+        the connection; what comes after that is ignored.
+
+        @param data: bytes from the server, as cut by the network.
+        """
         if not self._greetingSeen:
             if self.greeted.called:
                 # The greeting was wrong, or its waiter gave up: the
@@ -180,6 +205,14 @@ class CaretClientProtocol(Protocol):
                 owed.request.callback(b"".join(owed.parts))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Fail what still waits: L{greeted} with L{GreetingError} if the
+        greeting never came, each unanswered request with
+        L{ConnectionClosed}; then keep C{reason} as L{lostReason} and fire
+        L{closed}.
+
+        @param reason: why the connection was lost.
+        """
         if not self.greeted.called:
             self.greeted.errback(
                 GreetingError(
@@ -203,6 +236,8 @@ class CaretClientFactory(Factory):
     """
     Builds L{CaretClientProtocol}s, quietly: a tool opening ten thousand
     connections does not want two log events for each.
+
+    @cvar noisy: C{False}: no log event as each connection starts and stops.
     """
 
     protocol = CaretClientProtocol
@@ -217,6 +252,12 @@ def connectEndpoint(
     Connect to a caret server through C{endpoint}; fire with the protocol
     (a L{CaretClientProtocol}, built by C{factory}) once connected, before
     the greeting (see L{CaretClientProtocol.greeted}).
+
+    @param endpoint: where the server is.
+    @param factory: what builds the protocol; a L{CaretClientFactory} if
+        C{None}.
+    @return: fires with the connected protocol, or fails as
+        C{endpoint.connect} does (C{ConnectionRefusedError}...).
     """
     connecting = endpoint.connect(factory or CaretClientFactory())
     return cast("Deferred[CaretClientProtocol]", connecting)
@@ -228,6 +269,11 @@ def connect(reactor: IReactorCore, description: str) -> Deferred[CaretClientProt
     C{tcp:host=127.0.0.1:port=9090}, C{unix:path=/run/caret.sock} or
     C{tls:example.com:9443}.
 
+    @param reactor: the reactor to connect with.
+    @param description: where the server is, as Twisted's
+        C{clientFromString} reads it.
+    @return: as L{connectEndpoint}'s: fires with the connected protocol,
+        before the greeting.
     @raise ValueError: if C{description} is not a client endpoint description.
     """
     return connectEndpoint(endpoints.clientFromString(reactor, description))

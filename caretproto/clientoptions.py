@@ -37,6 +37,7 @@ from caretproto.optionchecks import endpointPort, printVersion, tcpPort
 ENDPOINT_EXAMPLES = (
     "tcp:host=127.0.0.1:port=9090, unix:path=/run/caret.sock, tls:example.com:9443"
 )
+"""Client endpoint descriptions that the help and the errors show."""
 
 
 def connectTo(
@@ -52,6 +53,16 @@ def connectTo(
     The endpoint that C{HOST PORT [--tls [--ca FILE]]} or C{--endpoint
     DESCRIPTION} names, as L{ClientOptions} took them.
 
+    @param reactor: the reactor the endpoint connects with.
+    @param host: the server's name or IP address, without C{endpoint}.
+    @param port: the server's TCP port, without C{endpoint}.
+    @param tls: whether to speak TLS to C{host} and C{port}.
+    @param ca: with C{tls}, the path of a PEM file holding the certificate
+        authority to trust instead of the system's.
+    @param endpoint: a client endpoint description, instead of C{host} and
+        C{port}.
+    @return: the endpoint every connection of the command opens (see
+        L{caretproto.endpoints.clientEndpoint} for C{host} and C{port}).
     @raise usage.UsageError: the host cannot be resolved, the CA file cannot
         be read, or the description is not a client endpoint; the message
         names the option.
@@ -89,6 +100,10 @@ class ClientOptions(usage.Options):
     argument.
 
     @cvar program: the command's name, for C{--version}.
+    @cvar optFlags: C{--tls}; a subclass adds its own.
+    @cvar optParameters: C{--ca} and C{--endpoint}; a subclass adds its
+        own.
+    @ivar connectTo: the endpoint the options name, once parsed.
     """
 
     program = "caret"
@@ -119,6 +134,10 @@ class ClientOptions(usage.Options):
     ]
 
     def __init__(self) -> None:
+        """
+        Options with no server yet: C{self["host"]} and C{self["port"]} are
+        C{None} until C{HOST PORT} is parsed.
+        """
         super().__init__()
         self["host"] = self["port"] = None
 
@@ -126,6 +145,11 @@ class ClientOptions(usage.Options):
         """
         Parse C{options}, as C{usage.Options.parseOptions} does, but with the
         options allowed after the arguments too.
+
+        @param options: the command line's arguments, without the program's
+            name; C{None} for C{sys.argv[1:]}.
+        @raise usage.UsageError: an option, or the server, is wrong; the
+            message names it.
         """
         super().parseOptions(
             self._optionsFirst(sys.argv[1:] if options is None else options)
@@ -161,6 +185,15 @@ class ClientOptions(usage.Options):
         printVersion(self.program)
 
     def parseArgs(self, *server: str) -> None:
+        """
+        Take the server as C{HOST PORT}, or none with C{--endpoint}, and
+        refuse options that do not go together.
+
+        @param server: the arguments left once the options are read.
+        @raise usage.UsageError: C{HOST PORT} and C{--endpoint} are both
+            given or neither is, C{PORT} is not a port number, C{--ca} comes
+            without C{--tls}, or C{--tls} with C{--endpoint}.
+        """
         if self["ca"] is not None and not self["tls"]:
             raise usage.UsageError("--ca FILE is for --tls: give both")
         if self["endpoint"] is not None:
@@ -183,6 +216,15 @@ class ClientOptions(usage.Options):
         self["port"] = tcpPort(port)
 
     def postOptions(self) -> None:
+        """
+        Check the port of an C{--endpoint} description and make
+        L{connectTo}, the endpoint the options name: any mistake is a usage
+        error now, before anything connects.
+
+        @raise usage.UsageError: the C{--endpoint} description's port is
+            not a port number, or the endpoint cannot be made (see
+            L{caretproto.clientoptions.connectTo}).
+        """
         from twisted.internet import reactor
 
         if self["endpoint"] is not None:

@@ -44,6 +44,14 @@ def clientEndpoint(
     name or an address) and signed by the certificate authority in the PEM
     file C{ca}, or by one the system trusts when C{ca} is C{None}.
 
+    @param reactor: the reactor the endpoint connects with.
+    @param host: the server's name or IP address.
+    @param port: the server's TCP port.
+    @param tls: whether to speak TLS over the connection.
+    @param ca: with C{tls}, the path of a PEM file holding the certificate
+        authority to trust instead of the system's.
+    @return: a TCP endpoint to C{host}'s first address, wrapped in TLS if
+        C{tls}.
     @raise ValueError: if C{host} cannot be resolved, or C{ca} is given
         without C{tls} or is not a readable PEM certificate; the message says
         which and why.
@@ -62,6 +70,9 @@ def resolve(host: str, port: int) -> str:
     """
     The first address of C{host} for a stream connection to C{port}.
 
+    @param host: a name or an IP address (which is its own address).
+    @param port: the TCP port the connection is for.
+    @return: the address, IPv4 or IPv6, as text.
     @raise ValueError: C{host} cannot be resolved; the message says why.
     """
     try:
@@ -77,6 +88,9 @@ def tlsCreator(host: str, ca: str | None) -> IOpenSSLClientConnectionCreator:
     and trust the certificate authority in the PEM file C{ca} (or, when
     C{None}, the ones the system trusts).
 
+    @param host: the name (or address) the certificate must be valid for.
+    @param ca: the path of a PEM certificate, or C{None}.
+    @return: the options of Twisted's C{optionsForClientTLS}.
     @raise ValueError: C{ca} is not a readable PEM certificate.
     """
     trustRoot = None if ca is None else _loadCertificate(ca)

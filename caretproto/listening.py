@@ -53,6 +53,11 @@ def listeningIn(log: str) -> list[Listening]:
     Every port that C{log}, a server's text log so far, says it listens on,
     in the order it says so (a parent with C{--workers} first, then each
     worker).
+
+    @param log: the text of the log, as far as it has been written; a line
+        not yet ended is read as it stands.
+    @return: one L{Listening} for each port the log names; none if it names
+        none yet.
     """
     found = []
     for address in _LINE.findall(log):
@@ -77,7 +82,14 @@ def waitForListening(
     scripts; a test in the reactor reads the log as it comes instead (see
     C{tests/twistd.py}).
 
+    @param logFile: the server's log file (its C{--logfile}); it need not
+        exist yet.
     @param process: the server; if it ends first, fail at once.
+    @param count: how many listening ports to wait for: one per C{--port},
+        and with C{--workers}, the parent's and each worker's.
+    @param timeout: the longest to wait, in seconds.
+    @return: every port the log names, C{count} of them or more, as
+        L{listeningIn} reads them.
     @raise RuntimeError: the server ended or C{timeout} seconds went by
         first; the message holds its log.
     """

@@ -36,6 +36,14 @@ def positive(
     A check for the option C{--name}: a positive number (C{convert} says
     which kind), or a C{usage.UsageError} that names the option and shows
     C{example}.
+
+    @param name: the option's long name, without its C{--}.
+    @param example: a good value, for the error message and the help.
+    @param convert: what turns the text into a number (C{int}, C{float}); a
+        C{ValueError} from it is a usage error.
+    @return: the check, as the coerce function of an C{optParameters}
+        entry: it returns the number or raises C{usage.UsageError}, and its
+        C{coerceDoc} says in C{--help} what it takes.
     """
 
     def check(value: str) -> float:
@@ -66,6 +74,13 @@ def positiveOrOff(
     A check for the limit C{--name}: a positive number, or L{OFF} for no
     limit (C{None}); anything else is a C{usage.UsageError} that names the
     option and shows C{example} and how to turn the limit off.
+
+    @param name: the option's long name, without its C{--}.
+    @param example: a good value, for the error message and the help.
+    @param convert: what turns the text into a number (C{int}, C{float}).
+    @return: the check, as the coerce function of an C{optParameters}
+        entry: it returns the number, or C{None} for L{OFF} (in any letter
+        case, spaces around it ignored), or raises C{usage.UsageError}.
     """
     number = positive(name, example, convert)
 
@@ -89,6 +104,10 @@ def tcpPort(value: str) -> int:
     """
     The C{PORT} argument of the clients: a TCP port number, 1 to 65535, or a
     C{usage.UsageError} saying so.
+
+    @param value: the argument as given.
+    @return: the port number.
+    @raise usage.UsageError: C{value} is not a number from 1 to 65535.
     """
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise usage.UsageError(
@@ -117,6 +136,15 @@ def endpointPort(
     A C{haproxy:} server description is checked as the one it wraps; other
     endpoint types, which have no TCP port (C{unix:}, C{systemd:}) or are
     not known here, are left to Twisted.
+
+    @param option: the option as the error names it (C{--port}).
+    @param description: the endpoint description given, or (for a server) a
+        bare port number.
+    @param examples: good descriptions, for the error message.
+    @param client: whether C{description} is a client endpoint's (the port
+        after the host, and 0 refused) rather than a server's.
+    @raise usage.UsageError: the description's TCP port is not a port
+        number; the message names C{option}.
     """
     # A server's bare number is TCP on that port, as --port takes it.
     checked = f"tcp:{description}" if description.isdigit() else description
@@ -160,12 +188,25 @@ def usageFailure(program: str, error: object) -> SystemExit:
     saying what is wrong (C{error}'s message, which names the option), one
     saying where the help is, both on standard error, and exit status 1, as
     twistd ends on its own usage errors.
+
+    @param program: the command's name, as its user typed it.
+    @param error: what is wrong, usually the C{usage.UsageError} raised.
+    @return: the exception for the caller to raise (C{raise
+        usageFailure(...) from None}), so that the program's exit is in
+        plain sight where it happens.
     """
     return SystemExit(f"{program}: {error}\nSee '{program} --help' for every option.")
 
 
 def versionText(program: str) -> str:
-    """What C{program --version} prints: caretproto's version, and Twisted's."""
+    """
+    What C{program --version} prints: caretproto's version, and Twisted's.
+
+    @param program: the command's name, which the first line starts with.
+    @return: two lines, without a final newline; caretproto's version is
+        C{(not installed)} when running from a tree that pip has not
+        installed.
+    """
     from twisted import __version__ as twistedVersion
 
     try:
@@ -176,6 +217,12 @@ def versionText(program: str) -> str:
 
 
 def printVersion(program: str) -> NoReturn:
-    """C{--version}: print L{versionText} and exit with status 0."""
+    """
+    C{--version}: print L{versionText} and exit with status 0.
+
+    @param program: the command's name, as L{versionText} takes it.
+    @return: does not return.
+    @raise SystemExit: always, with status 0, once the version is printed.
+    """
     print(versionText(program))
     sys.exit(0)

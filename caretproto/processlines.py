@@ -33,16 +33,29 @@ class LineProcessProtocol(ProcessProtocol):
     line has been seen.
 
     @cvar encoding: how the child's bytes are decoded.
+    @cvar delimiter: what ends a line, once decoded.
     """
 
     encoding = "utf-8"
     delimiter = "\n"
 
     def __init__(self) -> None:
+        """
+        Start with no descriptor seen: each gets its decoder and its partial
+        line when the child first writes to it.
+        """
         self._decoders: dict[int, codecs.IncrementalDecoder] = {}
         self._partial: dict[int, str] = {}
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """
+        Decode C{data} and call L{lineReceived} with each line it completes;
+        the rest, a line not yet ended, waits for the next read from the
+        same descriptor.
+
+        @param childFD: the child's descriptor that C{data} came from.
+        @param data: bytes the child wrote, as cut by the reactor's reads.
+        """
         decoder = self._decoders.get(childFD)
         if decoder is None:
             decoder = self._decoders[childFD] = codecs.getincrementaldecoder(
@@ -55,6 +68,12 @@ class LineProcessProtocol(ProcessProtocol):
             self.lineReceived(childFD, line)
 
     def childConnectionLost(self, childFD: int) -> None:
+        """
+        The child closed C{childFD}: hand over its last line, if the child
+        ended it with no newline, and forget the descriptor.
+
+        @param childFD: the child's descriptor that was closed.
+        """
         decoder = self._decoders.pop(childFD, None)
         rest = self._partial.pop(childFD, "")
         if decoder is not None:
@@ -66,5 +85,10 @@ class LineProcessProtocol(ProcessProtocol):
         """
         The child wrote C{line} to C{childFD} (1 for its standard output, 2
         for its standard error).  Override this.
+
+        @param childFD: the child's descriptor that the line came from.
+        @param line: the line, decoded, without its newline.
+        @raise NotImplementedError: always, here; a subclass says what the
+            lines mean.
         """
         raise NotImplementedError

@@ -23,6 +23,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from caretproto.rules import State, feed
 
 Script = Sequence[tuple[bytes, float]]
+"""
+A session's steps: each buffer to send, with the seconds to pause after
+it.
+"""
 
 REFERENCE_SCRIPT: Script = (
     (b"^abc$de^abte$f", 1.0),
@@ -37,7 +41,12 @@ replies have arrived.
 
 
 def expectedReplies(script: Script) -> bytes:
-    """Every reply byte a caret server sends for C{script}, in order."""
+    """
+    Every reply byte a caret server sends for C{script}, in order.
+
+    @param script: the buffers sent, from the state a session starts in.
+    @return: the replies, as L{caretproto.rules.feed} computes them, joined.
+    """
     state = State.WAIT_FOR_MSG
     replies = []
     for data, _ in script:
@@ -64,6 +73,9 @@ class ScriptRunner:
     @ivar expected: every reply byte the script is owed.
     @ivar received: the reply bytes received so far.
     @ivar ended: whether L{scriptEnded} was called or the runner stopped.
+    @ivar clock: what the pauses are waited on.
+    @ivar send: what writes a buffer to the connection.
+    @ivar script: the steps to play.
     """
 
     followReplies = False
@@ -76,8 +88,15 @@ class ScriptRunner:
         expected: bytes | None = None,
     ) -> None:
         """
+        A runner that has sent nothing yet; L{start} sends the first buffer.
+
+        @param clock: what the pauses are waited on: the reactor, or a
+            test's C{Clock}.
+        @param send: writes a buffer to the connection; what it returns is
+            ignored.
+        @param script: the steps to play.
         @param expected: the replies C{script} is owed, if the caller has
-            computed them once for many runners.
+            computed them once for many runners; if C{None}, computed here.
         """
         self.clock = clock
         self.send = send
@@ -102,7 +121,12 @@ class ScriptRunner:
         self._waiting = None
 
     def replyReceived(self, data: bytes) -> None:
-        """Reply bytes arrived, as cut by the network."""
+        """
+        Reply bytes arrived, as cut by the network: keep them and, if
+        L{followReplies}, check them.
+
+        @param data: the bytes, in the order received.
+        """
         self.received += data
         # Past the end, a byte is still checked: the script is owed no more.
         if not self.followReplies or self._stopped:
@@ -114,7 +138,11 @@ class ScriptRunner:
             self._end()
 
     def sending(self, data: bytes) -> None:
-        """Hook: C{data} is about to be sent."""
+        """
+        Hook: C{data} is about to be sent.
+
+        @param data: the buffer of the step about to be played.
+        """
 
     def scriptEnded(self) -> None:
         """Hook: the last pause has elapsed (and, if L{followReplies}, every

@@ -48,6 +48,10 @@ from caretproto.reference import (
 )
 
 DEFAULT_TIMEOUT = 60.0
+"""
+Seconds a session waits to connect, for its greeting, or for the server to
+close once the client has, unless told otherwise.
+"""
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Outcome:
     """
     How one connection's session went.
 
+    @ivar name: the connection's name in the log (C{conn1}...).
+    @ivar received: the reply bytes received, whether right or wrong.
     @ivar failure: C{None} if the session went as the protocol says, else
         what went wrong, in a few words (C{refused}, C{no greeting},
         C{wrong replies}...).
@@ -69,19 +75,31 @@ class Outcome:
 
 @dataclass
 class Report:
-    """All connections' outcomes, and how long they took together."""
+    """
+    All connections' outcomes, and how long they took together.
+
+    @ivar outcomes: one L{Outcome} per connection, in the order of their
+        names.
+    @ivar elapsed: seconds from the first connection attempt to the end of
+        the last session, on the sessions' clock.
+    """
 
     outcomes: list[Outcome]
     elapsed: float
 
     @property
     def failed(self) -> list[Outcome]:
+        """The outcomes of the sessions that failed, in order."""
         return [outcome for outcome in self.outcomes if outcome.failure]
 
     def summary(self) -> str | None:
         """
         One line saying which connections failed and how, or C{None} if
         none did.
+
+        @return: how many failed, of how many, counted by kind of failure
+            (the most frequent first), with the first failure's detail; or
+            C{None}.
         """
         failed = self.failed
         if not failed:
@@ -274,8 +292,17 @@ def runSession(
     Run C{script} on one connection through C{endpoint}, logging as
     C{name}.  Never fails: a failure is in the L{Outcome}.
 
+    @param clock: what the pauses and the timeouts are waited on, and the
+        log's times read from: the reactor, or a test's C{Clock}.
+    @param endpoint: where the server is.
+    @param name: the connection's name in the log and the L{Outcome}.
+    @param log: where the session's steps and reads go, at C{info}, and a
+        failure, at C{error}; each event has the fields C{conn} (C{name})
+        and C{at} (C{clock}'s time).
+    @param script: the steps to play.
     @param timeout: the longest to wait to connect, for the greeting, and
         for the server to close once the client has.
+    @return: fires with the session's L{Outcome} once it has ended.
     """
     return Deferred.fromCoroutine(_session(clock, endpoint, name, log, script, timeout))
 
@@ -291,6 +318,16 @@ def runSessions(
     """
     Run C{script} on C{count} connections at once, named C{conn1},
     C{conn2}...; fire with their L{Report} when all have ended.
+
+    @param clock: as L{runSession} takes it; the report's C{elapsed} is
+        measured on it too.
+    @param endpoint: where the server is: every connection opens it.
+    @param count: how many connections.
+    @param log: where every session logs, as L{runSession} says.
+    @param script: the steps each session plays.
+    @param timeout: each session's, as L{runSession} takes it.
+    @return: fires with the L{Report}; never fails, since a session's
+        failure is in its L{Outcome}.
     """
     started = clock.seconds()
     sessions = [
@@ -317,6 +354,9 @@ def formatReferenceLine(event: LogEvent) -> str:
     C{INFO:2017-09-16 14:14:17,763:conn1 connected...}: Python logging's
     C{%(levelname)s:%(asctime)s:%(message)s}.  The time is the event's C{at}
     (the session's clock) if it has one.
+
+    @param event: a log event, as L{runSession} logs them, or any other.
+    @return: the line, without a newline.
     """
     when: float = event["at"] if "at" in event else event["log_time"]
     seconds, millis = divmod(round(when * 1000), 1000)
@@ -327,10 +367,24 @@ def formatReferenceLine(event: LogEvent) -> str:
 
 @implementer(ILogObserver)
 class ReferenceLogObserver:
-    """Writes each event to C{stream} as a line of the reference format."""
+    """
+    Writes each event to C{stream} as a line of the reference format.
+
+    @ivar stream: where the lines go.
+    """
 
     def __init__(self, stream: TextIO) -> None:
+        """
+        An observer that writes to C{stream}.
+
+        @param stream: where the lines go, such as C{sys.stdout}.
+        """
         self.stream = stream
 
     def __call__(self, event: LogEvent) -> None:
+        """
+        Write C{event} as one line (L{formatReferenceLine}).
+
+        @param event: the log event to write.
+        """
         self.stream.write(formatReferenceLine(event) + "\n")

@@ -69,6 +69,55 @@ class OptionsDocstringTests(SynchronousTestCase):
             self.assertIn(f"[default: {default}]", bullets[name], name)
 
 
+class ClientOptionsDocstringTests(SynchronousTestCase):
+    """
+    The API pages of C{caret-bench}'s and C{caret-client}'s options list
+    them as C{caretproto.tap.Options}'s page does.
+    """
+
+    def assertListsEveryOption(self, options: object) -> None:
+        """
+        Each option of C{options}' C{--help} (but C{--help} and
+        C{--version}) has a bullet in its class's docstring; each that takes
+        a value shows the default C{--help} gives, or none.
+        """
+        sys.path.insert(0, str(REPO / "docs" / "_ext"))
+        self.addCleanup(sys.path.remove, str(REPO / "docs" / "_ext"))
+        from optionlist import optionEntries
+
+        docstring = " ".join((type(options).__doc__ or "").split())
+        bullets = {
+            match[1]: match[2]
+            for match in re.finditer(
+                r"- C\{--([\w-]+)[^}]*\}(.*?)(?= - C\{--|$)", docstring
+            )
+        }
+        shown = {}
+        for flags, description in optionEntries(options):  # type: ignore[arg-type]
+            name = flags.split(", ")[-1].strip("-=")
+            if name in ("help", "version"):
+                continue
+            default = re.search(r"\[default: ([^\]]+)\]", description)
+            if flags.endswith("="):
+                shown[name] = default[1] if default else "none"
+            else:
+                shown[name] = None
+        self.assertEqual(sorted(bullets), sorted(shown))
+        for name, default in shown.items():
+            if default is not None:
+                self.assertIn(f"[default: {default}]", bullets[name], name)
+
+    def test_the_caret_bench_options_docstring_lists_every_option(self) -> None:
+        from caretproto import benchrun
+
+        self.assertListsEveryOption(benchrun.Options())
+
+    def test_the_caret_client_options_docstring_lists_every_option(self) -> None:
+        from caretproto import caretclient
+
+        self.assertListsEveryOption(caretclient.Options())
+
+
 def underTest() -> dict[str, str]:
     """
     This environment, with this tree first on C{PYTHONPATH}: the programs a
