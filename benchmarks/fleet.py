@@ -353,10 +353,7 @@ class HAProxy:
                 status = (await self.status()).get(name, "")
             except (OSError, IndexError, ConnectError):
                 status = ""
-            # "UP 1/3" is a server still up whose checks began to fail, and
-            # "DOWN 1/2" one still down whose checks began to pass: each is
-            # what its first word says until HAProxy changes its state.
-            if status and status.split()[0] == ("UP" if up else "DOWN"):
+            if (status == "UP") == up and status:
                 return time.time()
             if time.time() > deadline:
                 raise RuntimeError(
