@@ -51,7 +51,7 @@ class IdleTimeoutTests(SynchronousTestCase):
     def test_a_silent_client_is_closed_after_the_idle_timeout(self) -> None:
         clock = Clock()
         factory = CaretFactory(clock=clock)
-        factory.idleTimeout = 5.0  # before the connection: see below
+        factory.idleTimeout = 5.0
         protocol = factory.buildProtocol(PEER)
         transport = StringTransport(peerAddress=PEER)
         protocol.makeConnection(transport)
@@ -60,15 +60,21 @@ class IdleTimeoutTests(SynchronousTestCase):
         clock.advance(0.1)
         self.assertTrue(transport.disconnecting)
 
-    def test_an_idle_timeout_set_after_the_connection_is_not_seen(self) -> None:
+    def test_a_timeout_set_later_applies_to_sessions_already_connected(
+        self,
+    ) -> None:
         clock = Clock()
         factory = CaretFactory(clock=clock)
         protocol = factory.buildProtocol(PEER)
         transport = StringTransport(peerAddress=PEER)
         protocol.makeConnection(transport)
-        factory.idleTimeout = 5.0  # too late: the session read it when greeted
-        clock.advance(60)
+        clock.advance(60)  # no timeout yet: nothing ends it
         self.assertFalse(transport.disconnecting)
+        factory.idleTimeout = 5.0  # for a session that had none: from now
+        clock.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
 
 
 # end-clock
