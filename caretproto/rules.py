@@ -53,17 +53,20 @@ class Step(NamedTuple):
 def replyTo(body: bytes) -> bytes:
     """
     The reply to the bytes of a message body: each byte C{b} answered with
-    C{(b + 1) mod 256}.  C{body} must not contain C{$}.
+    C{(b + 1) mod 256}.
+
+    @param body: bytes inside a message; they must not contain C{$}.
+    @return: the reply, as long as C{body}.
     """
     return body.translate(_SUCCESSOR)
 
 
 _WAIT_FOR_MSG = State.WAIT_FOR_MSG
 _IN_MSG = State.IN_MSG
-# feed runs once per read.  An enum member looked up on its class and a
-# NamedTuple built through its generated __new__ cost about 0.1 and 0.25 µs
-# each in CPython 3.11: together more than half of feed's time on a 16-byte
-# message (1.20 µs before these shortcuts, measured with timeit).
+# feed runs once per read.  An enum member looked up on its class, and a
+# NamedTuple built through its generated __new__, each cost more than the
+# rest of feed on a small message: hence these shortcuts (measured in
+# docs/benchmarks.rst, "What the profile led to").
 _newStep = tuple.__new__
 
 
@@ -73,6 +76,12 @@ def feed(state: State, chunk: bytes) -> Step:
 
     The result depends only on C{state} and C{chunk}: feeding a stream in any
     cut, carrying the state from chunk to chunk, gives the same replies.
+
+    @param state: the state before the chunk: C{WAIT_FOR_MSG} outside a
+        message, C{IN_MSG} inside one.
+    @param chunk: the bytes received, any number, in any cut of the stream.
+    @return: the state after the chunk, the reply to send (possibly empty)
+        and how many messages the chunk ended, as a L{Step}.
     """
     end = len(chunk)
     pos = 0

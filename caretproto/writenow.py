@@ -6,17 +6,12 @@ does, rather than on the reactor's next turn, as Twisted does.
 Twisted's socket transports buffer every C{write} and register the socket for
 writability, and only send once the reactor says it may: per reply, two
 C{epoll_ctl} calls and an extra wake-up.  For caret's one-reply-per-read
-traffic that was a third of the server's cost per round.  Measured with
-benchmarks/cload.c on 100 connections (16-byte round trips; the server's CPU
-time per round, three interleaved runs of 2 s, 2-core machine shared with
-other work): 20.2 µs before, 15.4 µs with this, plain asyncio 12.2 µs; on
-1,000 connections 32.8, 20.3 and 23.4 µs.  C{strace -c} over a 2 s run on
-100 connections: C{epoll_ctl} went from two per round to one per connection.
-
-It sends with the socket's own C{send}, not the transport's
-C{writeSomeData}, whose slicing and result checks cost a twentieth of a round
-more: 13.7 against 14.3 µs a round on 100 connections, 16.6 against 17.7 on
-1,000 (five interleaved runs each).
+traffic that was a large share of the server's cost per round; with this,
+C{epoll_ctl} is called once per connection instead of twice per round.  It
+sends with the socket's own C{send}, not the transport's C{writeSomeData},
+whose slicing and result checks cost more still.  What each was worth, and
+the commands to measure it again, are in C{docs/benchmarks.rst} ("What the
+profile led to"), not here, where they would go stale.
 
 L{writeNow} does this for one write, on one connection, and leaves everything
 else to Twisted: it is used by caret's own protocols (the server's sessions,
@@ -61,6 +56,10 @@ def socketTransport(transport: Any) -> Connection | None:
     """
     The socket connection that C{transport}'s writes go to unchanged, or
     C{None} if there is none (TLS, a test's C{StringTransport}).
+
+    @param transport: a connection's transport, perhaps wrapped by
+        wrappers that only forward writes (the PROXY-protocol wrapper).
+    @return: the TCP or UNIX connection under it, or C{None}.
     """
     while type(transport).write is _forwardingWrite:
         transport = transport.transport
@@ -78,6 +77,10 @@ def writeNow(transport: ITransport, data: bytes) -> None:
     After C{abortConnection} nothing is sent: abort sets only C{_aborting}
     (not C{disconnecting}), and Twisted's own C{write} then drops the data
     with the rest of the buffer.
+
+    @param transport: where the connection's bytes go, as for
+        C{transport.write}.
+    @param data: the bytes to send, after everything written before.
     """
     connection = socketTransport(transport)
     if (
