@@ -146,6 +146,15 @@ class CaretProtocol(Protocol):
         self.bytesSent = len(GREETING)
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Answer a chunk as L{caretproto.rules.feed} says, in one write, and
+        note the time of the read for the idle timeout (a note, not a timer
+        reset).  The first reply owed registers the session as its
+        transport's streaming producer.  After L{finish}, what comes is
+        dropped.
+
+        @param data: the bytes read, in whatever cut the network made.
+        """
         self.bytesReceived += len(data)
         if self._lingering:
             # Dropped, and no reason to keep the session: see finish.
@@ -245,16 +254,21 @@ class CaretProtocol(Protocol):
     def idleCheck(self, now: float) -> float | None:
         """
         The factory's idle wheel asks whether the session is idle at C{now}:
-        end it if it is, and say when to look again (L{None}: never).
+        end it if it is, and say when to look again (C{None}: never).
 
         Reading, the session is idle once C{idleTimeout} has passed since
         its last read.  Paused by flow control, or closed for idleness with
         replies still owed, it cannot read (or drops what it reads), so the
         only progress left is its client taking replies: it samples, each
-        tick, what its transport holds unsent (L{unsentBytes}), and is idle
-        once that has not shrunk for C{idleTimeout}.  On a transport that
+        tick, what its transport holds unsent
+        (L{caretproto.idle.unsentBytes}), and is idle once that has not
+        shrunk for C{idleTimeout}.  On a transport that
         cannot tell (neither a socket nor TLS over one), nothing counts as
         taken: a paused session gets C{idleTimeout} to drain entirely.
+
+        @param now: the wheel's clock's time.
+        @return: when to look again, in the clock's time, or C{None} when
+            the session needs no more looking at.
         """
         timeout = self.factory.idleTimeout
         if timeout is None:
@@ -345,6 +359,13 @@ class CaretProtocol(Protocol):
             self.finish()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The connection is gone: stop timing it, give its place back to the
+        per-peer limit and to the session limit, and log the session's
+        figures (bytes in and out, messages) with its peer.
+
+        @param reason: why it ended.
+        """
         if self in self.factory.arriving:
             # Lost before it started (a subclass may not start every one).
             self.factory.connectionSettled(self)
@@ -514,7 +535,11 @@ class CaretFactory(_ServerFactory):
                 session._watchIdle()
 
     def idleWheelOnClock(self) -> IdleWheel:
-        """L{idleWheel}, on the factory's L{clock}, whichever it is now."""
+        """
+        L{idleWheel}, on the factory's L{clock}, whichever it is now.
+
+        @return: the wheel.
+        """
         wheel = self.idleWheel
         if wheel.clock is not self.clock:
             wheel.setClock(self.clock)
@@ -526,6 +551,9 @@ class CaretFactory(_ServerFactory):
         its host already holds C{maxPerPeer} connections; refusals are logged
         once per burst.  A connection that stays must be given back with
         L{peerLeft}.
+
+        @param address: the peer's address.
+        @return: whether the connection may stay.
         """
         host = peerHost(address)
         if self.maxPerPeer is None or host is None:
@@ -537,7 +565,11 @@ class CaretFactory(_ServerFactory):
         return True
 
     def peerLeft(self, address: IAddress | None) -> None:
-        """A connection that L{peerArrived} let stay is gone."""
+        """
+        A connection that L{peerArrived} let stay is gone.
+
+        @param address: the peer's address, as given to L{peerArrived}.
+        """
         host = peerHost(address)
         if host is not None and host in self.connectionsByPeer:
             self.connectionsByPeer[host] -= 1
@@ -549,6 +581,9 @@ class CaretFactory(_ServerFactory):
         A connection was accepted: its protocol counts among L{arriving}
         until it starts (L{connectionSettled}) or its connection is lost
         before (L{connectionAbandoned}).
+
+        @param addr: the peer's address.
+        @return: the connection's L{CaretProtocol}.
         """
         protocol = super().buildProtocol(addr)
         if protocol is not None:
@@ -559,6 +594,8 @@ class CaretFactory(_ServerFactory):
         """
         C{protocol}'s connection has started: it is a session, held, or
         refused, and no longer L{arriving}.
+
+        @param protocol: the connection's protocol.
         """
         self.arriving.discard(protocol)
         self._checkIdle()
@@ -568,6 +605,8 @@ class CaretFactory(_ServerFactory):
         The connection C{protocol} was built for is gone before the protocol
         started (a wrapping endpoint closed it: no PROXY header, or not from
         a trusted proxy).
+
+        @param protocol: the protocol built for it.
         """
         self.connectionSettled(protocol)
 
@@ -583,6 +622,8 @@ class CaretFactory(_ServerFactory):
         """
         Let C{acceptor} accept this factory's connections: with
         C{maxSessions}, it is paused whenever that many sessions run.
+
+        @param acceptor: what accepts, a L{caretproto.service.CaretService}.
         """
         self.acceptor = acceptor
         if self.maxSessions is not None:
@@ -595,6 +636,8 @@ class CaretFactory(_ServerFactory):
         """
         A connection was made: greet it, or hold it while C{maxSessions}
         sessions run.
+
+        @param session: its protocol, admitted by the per-peer limit.
         """
         if self._full():
             self.waiting.append(session)
@@ -603,13 +646,21 @@ class CaretFactory(_ServerFactory):
             session.greet()
 
     def sessionStarted(self, session: CaretProtocol) -> None:
-        """A session was greeted.  Override to observe it (call up)."""
+        """
+        A session was greeted.  Override to observe it (call up).
+
+        @param session: the session.
+        """
         self.sessions.add(session)
         if self.acceptor is not None and self._full():
             self.acceptor.pauseAccepting(MAX_SESSIONS)
 
     def sessionEnded(self, session: CaretProtocol) -> None:
-        """A session's connection is gone.  Override to observe it (call up)."""
+        """
+        A session's connection is gone.  Override to observe it (call up).
+
+        @param session: the session, its counters final.
+        """
         self.sessions.discard(session)
         for observer in self.endObservers:
             observer(session)
@@ -633,7 +684,11 @@ class CaretFactory(_ServerFactory):
         return not self.sessions and not self.arriving
 
     def sessionAbandoned(self, session: CaretProtocol) -> None:
-        """A held connection was lost before it was greeted."""
+        """
+        A held connection was lost before it was greeted.
+
+        @param session: its protocol.
+        """
         if session in self.waiting:
             self.waiting.remove(session)
 
@@ -663,6 +718,8 @@ class CaretFactory(_ServerFactory):
         """
         A Deferred that fires when no session is in progress and none is
         L{arriving}.
+
+        @return: a Deferred that fires with C{None}, at once if idle now.
         """
         if self.idle:
             return succeed(None)
@@ -671,7 +728,11 @@ class CaretFactory(_ServerFactory):
         return waiter
 
     def whenSessionEnds(self) -> Deferred[None]:
-        """A Deferred that fires when the next session ends."""
+        """
+        A Deferred that fires when the next session ends.
+
+        @return: a Deferred that fires with C{None}.
+        """
         waiter: Deferred[None] = Deferred()
         self._endWaiters.append(waiter)
         return waiter
@@ -684,4 +745,9 @@ class CaretFactory(_ServerFactory):
         return f"<CaretFactory sessions={len(self.sessions)}>"
 
     def logPrefix(self) -> str:
+        """
+        What Twisted's legacy log calls this factory's port.
+
+        @return: C{caret}.
+        """
         return "caret"
