@@ -111,6 +111,12 @@ class CaretProtocol(Protocol):
     _owed: int | None = None
 
     def connectionMade(self) -> None:
+        """
+        A connection was accepted: if the per-peer limit lets it stay, it
+        becomes a session now or is held for a free one
+        (L{CaretFactory.sessionArrived}); if not, it is closed unread and
+        ungreeted.
+        """
         address = self.transport.getPeer()
         self.peer = describeAddress(address)
         if not self.factory.peerArrived(address):
