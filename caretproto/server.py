@@ -96,7 +96,6 @@ class CaretProtocol(Protocol):
     L{hold} it, unread and ungreeted, until a session ends.
 
     @ivar state: WAIT_FOR_MSG or IN_MSG.
-    @ivar peer: the peer address, as logged.
     @ivar greeted: whether the session has started.
     @ivar admitted: whether the per-peer limit let the connection stay; one
         that it refused is closed without a greeting.
@@ -113,7 +112,6 @@ class CaretProtocol(Protocol):
     # Per-connection state lives in class-level defaults until it changes,
     # to keep each of many thousands of idle sessions small.
     state = State.WAIT_FOR_MSG
-    peer = "unknown"
     bytesReceived = 0
     bytesSent = 0
     messages = 0
@@ -132,9 +130,21 @@ class CaretProtocol(Protocol):
     _idlePeriod: float | None = None
     _lastRead = 0.0
 
+    @property
+    def peer(self) -> str:
+        """
+        The peer address, as logged.  It is described anew each time rather
+        than kept: most sessions log it twice in their lives, and a string
+        kept for each of many thousands of idle connections is memory spent
+        on nothing.
+        """
+        transport = self.transport
+        if transport is None:
+            return "unknown"
+        return describeAddress(transport.getPeer())
+
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
-        self.peer = describeAddress(address)
         if not self.factory.peerArrived(address):
             self.transport.loseConnection()
             self.factory.connectionSettled(self)
