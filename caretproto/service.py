@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from caretproto.capacity import DescriptorShortage, guardListener
 from caretproto.listening import LISTENING
 from caretproto.server import CaretFactory, describeAddress
+from caretproto.tcpserver import lighten
 
 
 class CannotListen(Exception):
@@ -119,6 +120,7 @@ class CaretService(Service):
         for port in ports:
             self._log.info(LISTENING, address=describeAddress(port.getHost()))
             guardListener(port, self.shortage)
+            lighten(port)
             if self._acceptPausedFor:
                 _acceptor(port).stopReading()
         if self._acceptsPerWakeup is not None:
