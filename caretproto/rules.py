@@ -65,6 +65,7 @@ _IN_MSG = State.IN_MSG
 # each in CPython 3.11: together more than half of feed's time on a 16-byte
 # message (1.20 µs before these shortcuts, measured with timeit).
 _newStep = tuple.__new__
+_START = MSG_START[0]
 
 
 def feed(state: State, chunk: bytes) -> Step:
@@ -75,6 +76,13 @@ def feed(state: State, chunk: bytes) -> Step:
     cut, carrying the state from chunk to chunk, gives the same replies.
     """
     end = len(chunk)
+    # The commonest read by far is one whole message: answer it with one
+    # find and one translate, building no list of spans.
+    if state is _WAIT_FOR_MSG and end > 1 and chunk[0] == _START:
+        stop = chunk.find(MSG_END, 1)
+        if stop == end - 1:
+            reply = chunk[1:stop].translate(_SUCCESSOR)
+            return _newStep(Step, (_WAIT_FOR_MSG, reply, 1))
     pos = 0
     messages = 0
     spans: list[tuple[int, int]] = []
