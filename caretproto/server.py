@@ -74,7 +74,6 @@ class CaretProtocol(Protocol):
     L{hold} it, unread and ungreeted, until a session ends.
 
     @ivar state: WAIT_FOR_MSG or IN_MSG.
-    @ivar peer: the peer address, as logged.
     @ivar greeted: whether the session has started.
     @ivar admitted: whether the per-peer limit let the connection stay; one
         that it refused is closed without a greeting.
@@ -91,7 +90,6 @@ class CaretProtocol(Protocol):
     # Per-connection state lives in class-level defaults until it changes,
     # to keep each of many thousands of idle sessions small.
     state = State.WAIT_FOR_MSG
-    peer = "unknown"
     bytesReceived = 0
     bytesSent = 0
     messages = 0
@@ -110,6 +108,19 @@ class CaretProtocol(Protocol):
     _lastProgress = 0.0
     _owed: int | None = None
 
+    @property
+    def peer(self) -> str:
+        """
+        The peer address, as logged.  It is described anew each time rather
+        than kept: most sessions log it twice in their lives, and a string
+        kept for each of many thousands of idle connections is memory spent
+        on nothing.
+        """
+        transport = self.transport
+        if transport is None:
+            return "unknown"
+        return describeAddress(transport.getPeer())
+
     def connectionMade(self) -> None:
         """
         A connection was accepted: if the per-peer limit lets it stay, it
@@ -118,7 +129,6 @@ class CaretProtocol(Protocol):
         ungreeted.
         """
         address = self.transport.getPeer()
-        self.peer = describeAddress(address)
         if not self.factory.peerArrived(address):
             self.transport.loseConnection()
             self.factory.connectionSettled(self)

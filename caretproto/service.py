@@ -34,6 +34,7 @@ from zope.interface import implementer
 from caretproto.capacity import DescriptorShortage, guardListener
 from caretproto.connections import IAcceptor, describeAddress
 from caretproto.server import CaretFactory
+from caretproto.tcpserver import lighten
 
 LISTENING = "caret listening on {address}"
 """
@@ -190,6 +191,7 @@ class CaretService(Service):
         for port in ports:
             self._log.info(LISTENING, address=describeAddress(port.getHost()))
             guardListener(port, self.shortage)
+            lighten(port)
             if self._acceptPausedFor:
                 _acceptor(port).stopReading()
         if self._acceptsPerWakeup is not None:
