@@ -403,7 +403,11 @@ class Spread:
 
 
 def commit() -> str:
-    """C{git rev-parse HEAD}, with C{+dirty} if the tree has changes."""
+    """
+    C{git rev-parse HEAD}, with C{+dirty} if the tree has changes other than
+    to the records themselves (a run that writes its record after another's
+    measured the same code).
+    """
 
     def git(*arguments: str) -> str:
         done = subprocess.run(
@@ -417,9 +421,10 @@ def commit() -> str:
     head = git("rev-parse", "HEAD")
     if not head:
         return "unknown"
-    return head + (
-        "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
-    )
+    records = str(RECORDS.relative_to(ROOT))
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    dirty = [line for line in changed.splitlines() if line[3:] != records]
+    return head + ("+dirty" if dirty else "")
 
 
 def machine() -> dict[str, Any]:
