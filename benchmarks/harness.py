@@ -423,7 +423,7 @@ def commit() -> str:
         return "unknown"
     records = str(RECORDS.relative_to(ROOT))
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
-    dirty = [line for line in changed.splitlines() if line[3:] != records]
+    dirty = [line for line in changed.splitlines() if line.split()[-1] != records]
     return head + ("+dirty" if dirty else "")
 
 
