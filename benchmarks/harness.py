@@ -405,8 +405,8 @@ class Spread:
 def commit() -> str:
     """
     C{git rev-parse HEAD}, with C{+dirty} if the tree has changes other than
-    to the records themselves (a run that writes its record after another's
-    measured the same code).
+    to what the runs write (the records, the sessions' plot): a run that
+    writes its record after another's measured the same code.
     """
 
     def git(*arguments: str) -> str:
@@ -421,9 +421,9 @@ def commit() -> str:
     head = git("rev-parse", "HEAD")
     if not head:
         return "unknown"
-    records = str(RECORDS.relative_to(ROOT))
+    written = {str(RECORDS.relative_to(ROOT)), "docs/elapsed.png"}
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
-    dirty = [line for line in changed.splitlines() if line.split()[-1] != records]
+    dirty = [line for line in changed.splitlines() if line.split()[-1] not in written]
     return head + ("+dirty" if dirty else "")
 
 

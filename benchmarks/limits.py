@@ -72,6 +72,7 @@ TABLES = {
             ["hold: server RSS per held connection", "hold.kib"],
             ["hold: all greeted in", "hold.greeted"],
             ["churn: server RSS growth since cycle 1,000", "churn.growth"],
+            ["churn: of which in the second half", "churn.lateGrowth"],
         ],
     }
 }
@@ -307,8 +308,16 @@ def churn(cycles: int, inFlight: int = 64) -> bool:
                 f"({(rss - baseline) / 1024:+.0f} KiB since cycle 1000)"
             )
         growth = figures[-1][1] - baseline
+        # A leak grows with every cycle; the allocator's warm-up (arenas and
+        # free lists sized for 64 connections at a time) levels off.  So the
+        # verdict is on the second half alone: 256 KiB over 10,000 cycles is
+        # about 26 bytes a cycle, less than any object a session leaves.
+        half = next(rss for done, rss in figures if done >= cycles // 2)
+        late = figures[-1][1] - half
+        print(f"churn: in the second half, {late / 1024:+.0f} KiB (limit: +256 KiB)")
         note("churn.growth", growth / 1024, "KiB")
-        return growth <= 1 * MiB
+        note("churn.lateGrowth", late / 1024, "KiB")
+        return late <= 256 * 1024
 
 
 def main() -> None:
