@@ -6,7 +6,10 @@ The measured figures on the pages, from docs/benchmarks.json: never retyped.
   at which commit they were measured, and how many commits since changed
   the code they measured, with a warning on the page when any did.
 - C{:caret-figure:`compare.rr100.caret.cpu`} is one figure in a sentence:
-  its median and unit, and the min and max of its runs.
+  its median and unit, and the min and max of its runs.  A page that quotes
+  figures in sentences ends the passage with C{.. caret-figures:: compare}
+  and C{:provenance:}: where they were measured, and whether the code
+  changed since, without the tables.
 
 A record or figure that does not exist is a Sphinx warning, so the docs
 build (warnings as errors) fails on it.  The reading and the staleness rule
@@ -56,7 +59,7 @@ class CaretFigures(SphinxDirective):
     """C{.. caret-figures:: RECORD}: a record's tables and where they come from."""
 
     required_arguments = 1
-    option_spec = {"table": directives.unchanged}
+    option_spec = {"table": directives.unchanged, "provenance": directives.flag}
 
     def run(self) -> list[nodes.Node]:
         self.env.note_dependency(str(RECORDS))
@@ -76,6 +79,8 @@ class CaretFigures(SphinxDirective):
             return []
         result: list[nodes.Node] = []
         for tableName, table in tables.items():
+            if "provenance" in self.options:
+                break
             if wanted is None or tableName == wanted:
                 result.append(self._table(entry, table))
         text, warning = provenance(entry, changesSince(entry, ROOT))
