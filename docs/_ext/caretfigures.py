@@ -85,7 +85,16 @@ class CaretFigures(SphinxDirective):
                 result.append(self._table(entry, table))
         text, warning = provenance(entry, changesSince(entry, ROOT))
         result.append(nodes.paragraph(text, text))
-        for note in entry.get("notes", []):
+        notes = entry.get("notes", [])
+        if "provenance" in self.options and notes:
+            # The tables' page lists them; a page quoting a figure says so.
+            text = (
+                f"Flagged: {len(notes)} figures of this run were out of line "
+                f"(see the benchmarks page, where the record's tables are)."
+            )
+            result.append(nodes.warning("", nodes.paragraph(text, text)))
+            notes = []
+        for note in notes:
             result.append(nodes.warning("", nodes.paragraph(note, f"Flagged: {note}")))
         if warning:
             result.append(nodes.warning("", nodes.paragraph(warning, warning)))
