@@ -197,8 +197,11 @@ def outOfLine(figures: dict[str, dict[str, Any]]) -> list[str]:
 def hold(folder: Path, names: list[str], count: int, quick: bool) -> dict[str, Any]:
     """
     Per server, freshly started, one after the other: C{count} idle
-    connections held by caret-bench, and the server's resident memory at its
-    peak less before, per connection held, in KiB (C{hold.caret.kib}).
+    connections held by caret-bench, and the server's resident memory while
+    they are held less before, per connection, in KiB (C{hold.caret.kib});
+    beside it the peak less before, per connection (C{hold.caret.peak}),
+    which also counts what the end of the hold costs: caret-bench then
+    plays a round on every connection at once and closes them all.
     """
     figures: dict[str, Any] = {}
     rows = commands(quick)
@@ -209,16 +212,18 @@ def hold(folder: Path, names: list[str], count: int, quick: bool) -> dict[str, A
         with harness.running({name: rows[name]}, folder) as started:
             server = started[name]
             time.sleep(1)
-            with harness.PeakMemory(server) as memory:
+            with harness.PeakMemory(server, count) as memory:
                 report = bench(
                     server,
-                    *("-m", "hold", "-c", str(count), "-d", "2", "-P", "2"),
+                    *("-m", "hold", "-c", str(count), "-d", "3", "-P", "2"),
                     *("--greeting-timeout", "5"),
                 )
         held = report.get("held") or 0
-        if held:
-            growth = (memory.peak - memory.base) / held / 1024
+        if held and memory.held is not None:
+            growth = (memory.held - memory.base) / held / 1024
+            peak = (memory.peak - memory.base) / held / 1024
             figures[f"hold.{name}.kib"] = Spread.of([growth]).asRecord("KiB")  # type: ignore[union-attr]
+            figures[f"hold.{name}.peak"] = Spread.of([peak]).asRecord("KiB")  # type: ignore[union-attr]
             figures[f"hold.{name}.held"] = Spread.of([held]).asRecord("")  # type: ignore[union-attr]
     for name in names:
         mine, theirs = figures.get(f"hold.{name}.kib"), figures.get("hold.asyncio.kib")
@@ -346,13 +351,20 @@ def tables(names: list[str], connections: tuple[int, ...]) -> dict[str, Any]:
         },
         "hold": {
             "title": "Resident memory per held idle connection",
-            "header": ["server", "held", "KiB per connection", "÷ asyncio"],
+            "header": [
+                "server",
+                "held",
+                "KiB per connection, held",
+                "÷ asyncio",
+                "at the peak (a round on each, then the closes)",
+            ],
             "rows": [
                 [
                     LABELS[name],
                     f"hold.{name}.held",
                     f"hold.{name}.kib",
                     f"hold.{name}.kib-asyncio",
+                    f"hold.{name}.peak",
                 ]
                 for name in HOLD_ROWS
                 if name in names

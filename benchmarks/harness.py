@@ -325,24 +325,44 @@ def costedCload(
 class PeakMemory:
     """
     While in its C{with} block, the server's resident memory at its peak
-    (sampled every 0.1 s), beside what it was before.
+    (sampled every 0.1 s), beside what it was before; and, given
+    C{connections}, what it was while that many connections were held: once
+    the server has as many more descriptors open, and a moment more for
+    their greetings, before whatever the client does next (a round on each,
+    the closes) makes its own transient peak.
+
+    @ivar held: the resident memory while the connections were held, or
+        C{None} if they never all were.
     """
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, connections: int | None = None) -> None:
         self.server = server
         self.base = self.peak = 0
+        self.held: int | None = None
+        self.connections = connections
         self._watching = threading.Event()
 
     def __enter__(self) -> PeakMemory:
         self.base = self.peak = self.server.rss()
+        self._baseDescriptors = self._descriptors()
         self._watching.set()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
         self._watcher.start()
         return self
 
+    def _descriptors(self) -> int:
+        return sum(process.num_fds() for process in self.server._processes())
+
     def _watch(self) -> None:
         while self._watching.is_set():
             self.peak = max(self.peak, self.server.rss())
+            if (
+                self.connections is not None
+                and self.held is None
+                and self._descriptors() >= self._baseDescriptors + self.connections
+            ):
+                time.sleep(0.5)
+                self.held = self.server.rss()
             time.sleep(0.1)
 
     def __exit__(self, *exception: object) -> None:
