@@ -198,7 +198,7 @@ class _HeaderFirst(ProtocolWrapper, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self.header is not None:
             # Once the session runs, a read costs one attribute test and a
-            # call (benchmarks/test_protocol.py, behind_the_proxy_protocol).
+            # call (benchmarks/micro.py, behind_the_proxy_protocol).
             self.wrappedProtocol.dataReceived(data)
             return
         if self._refused:
