@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import platform
+import selectors
 import shutil
 import socket
 import statistics
@@ -253,6 +254,64 @@ def running(
     finally:
         for server in servers.values():
             server.stop()
+
+
+def openConnections(
+    port: int,
+    count: int,
+    configure: Callable[[socket.socket], object] | None = None,
+) -> list[socket.socket]:
+    """
+    C{count} connections to C{port} on 127.0.0.1, made at once and all
+    connected when it returns; C{configure}, if given, is called on each
+    socket before it connects (socket options that must come first).
+    """
+    selector = selectors.DefaultSelector()
+    clients = []
+    for _ in range(count):
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if configure is not None:
+            configure(client)
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+        selector.register(client, selectors.EVENT_WRITE)
+        clients.append(client)
+    connected = 0
+    while connected < count:
+        events = selector.select(timeout=30)
+        if not events:
+            raise SystemExit(f"only {connected} of {count} connected within 30s")
+        for key, _ in events:
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            error = ready.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise SystemExit(f"a connection failed: {os.strerror(error)}")
+            selector.unregister(ready)
+            connected += 1
+    return clients
+
+
+def awaitGreetings(clients: Sequence[socket.socket]) -> None:
+    """Read each client's greeting; anything else, or none in 30 s, ends the run."""
+    from caretproto.rules import GREETING
+
+    selector = selectors.DefaultSelector()
+    for client in clients:
+        selector.register(client, selectors.EVENT_READ)
+    greeted = 0
+    while greeted < len(clients):
+        events = selector.select(timeout=30)
+        if not events:
+            raise SystemExit(f"only {greeted} of {len(clients)} greeted within 30s")
+        for key, _ in events:
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            data = ready.recv(16)
+            if data != GREETING:
+                raise SystemExit(f"got {data!r} instead of the greeting")
+            selector.unregister(ready)
+            greeted += 1
 
 
 _ServerT = TypeVar("_ServerT", bound=Server)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import selectors
 import socket
 import sys
 import time
@@ -184,32 +183,13 @@ def connectAll(port: int, count: int, small: bool) -> list[socket.socket]:
     C{count} connections to C{port}, made at once; with C{small}, each with
     an Internet-sized segment and small buffers, set before connecting.
     """
-    selector = selectors.DefaultSelector()
-    clients = []
-    for _ in range(count):
-        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if small:
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SEGMENT)
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
-        client.setblocking(False)
-        client.connect_ex(("127.0.0.1", port))
-        selector.register(client, selectors.EVENT_WRITE)
-        clients.append(client)
-    connected = 0
-    while connected < count:
-        events = selector.select(timeout=30)
-        if not events:
-            raise SystemExit(f"only {connected} of {count} connected within 30s")
-        for key, _ in events:
-            ready = key.fileobj
-            assert isinstance(ready, socket.socket)
-            error = ready.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if error:
-                raise SystemExit(f"a connection failed: {os.strerror(error)}")
-            selector.unregister(ready)
-            connected += 1
-    return clients
+    return harness.openConnections(port, count, _shrink if small else None)
+
+
+def _shrink(client: socket.socket) -> None:
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SEGMENT)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
 
 
 def fill(clients: list[socket.socket], deadline: float) -> tuple[int, int]:
@@ -240,26 +220,6 @@ def fill(clients: list[socket.socket], deadline: float) -> tuple[int, int]:
     return sum(sent.values()), len(active)
 
 
-def greetAll(clients: list[socket.socket]) -> None:
-    from caretproto.rules import GREETING
-
-    selector = selectors.DefaultSelector()
-    for client in clients:
-        selector.register(client, selectors.EVENT_READ)
-    greeted = 0
-    while greeted < len(clients):
-        events = selector.select(timeout=30)
-        if not events:
-            raise SystemExit(f"only {greeted} of {len(clients)} greeted within 30s")
-        for key, _ in events:
-            ready = key.fileobj
-            assert isinstance(ready, socket.socket)
-            if ready.recv(16) != GREETING:
-                raise SystemExit("a silent client got something but the greeting")
-            selector.unregister(ready)
-            greeted += 1
-
-
 def tcpState(client: socket.socket) -> int:
     return client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
 
@@ -276,7 +236,7 @@ def wave(caret: Caret, arguments: argparse.Namespace, before: int) -> dict[str, 
     nonReaders = connectAll(caret.port, count, small=True)
     sent, stillTaking = fill(nonReaders, began + arguments.fill_time)
     silent = connectAll(caret.port, count, small=False)
-    greetAll(silent)
+    harness.awaitGreetings(silent)
     heldAt = time.monotonic()
     during = snapshot(caret)
     # Every client is ended by the server: the non-readers at most a timeout

@@ -193,28 +193,9 @@ def flood(size: int) -> bool:
 def _openAll(port: int, count: int) -> tuple[list[socket.socket], float]:
     """Open C{count} connections at once; return them, greeted, and the
     seconds it took."""
-    selector = selectors.DefaultSelector()
     began = time.monotonic()
-    clients = []
-    for _ in range(count):
-        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        client.setblocking(False)
-        client.connect_ex(("127.0.0.1", port))
-        selector.register(client, selectors.EVENT_READ)
-        clients.append(client)
-    greeted = 0
-    while greeted < count:
-        events = selector.select(timeout=30)
-        if not events:
-            raise SystemExit(f"hold: only {greeted} of {count} greeted")
-        for key, _ in events:
-            client = key.fileobj
-            assert isinstance(client, socket.socket)
-            data = client.recv(16)
-            if data != GREETING:
-                raise SystemExit(f"hold: got {data!r} instead of the greeting")
-            selector.unregister(client)
-            greeted += 1
+    clients = harness.openConnections(port, count)
+    harness.awaitGreetings(clients)
     return clients, time.monotonic() - began
 
 
