@@ -130,10 +130,7 @@ class IdleWheel:
         entries = list(self._where)
         self._forgetAll()
         self._granularity = granularity
-        now = self.clock.seconds()
-        self._current = self._tickAt(now)
-        for entry in entries:
-            self.schedule(entry, now)
+        self._refile(entries)
 
     def setClock(self, clock: IReactorTime) -> None:
         """
@@ -144,7 +141,11 @@ class IdleWheel:
         entries = list(self._where)
         self._forgetAll()
         self.clock = clock
-        now = clock.seconds()
+        self._refile(entries)
+
+    def _refile(self, entries: list[Idler]) -> None:
+        """File C{entries}, forgotten, anew from now: each checked next tick."""
+        now = self.clock.seconds()
         self._current = self._tickAt(now)
         for entry in entries:
             self.schedule(entry, now)
