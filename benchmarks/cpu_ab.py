@@ -5,12 +5,15 @@ For each commit given, the server of that commit's tree (``git archive``
 into a temporary folder) is started as ``twistd caret`` would start it, with
 the default options, on 127.0.0.1; benchmarks/cload.c then drives each in
 turn (A, B, ... then A, B, ... again), and the server's user and system time
-is divided by the rounds it answered.  ``--asyncio`` adds the plain asyncio
-reference server (benchmarks/servers/asyncio_server.py, which shares no code
-with caretproto) as a yardstick.
+is divided by the rounds it answered.  ``--reference NAME`` adds a
+reference server of benchmarks/servers/ as a yardstick (``asyncio``, the plain
+asyncio server, which shares no code with caretproto;
+``twisted-write-at-once``, the barest Twisted server; any name
+``harness.referenceServer`` knows), in the same interleaving.
 
     python benchmarks/cpu_ab.py main HEAD
-    python benchmarks/cpu_ab.py main HEAD --asyncio -c 1000 --runs 5
+    python benchmarks/cpu_ab.py main HEAD --reference asyncio -c 1000 --runs 5
+    python benchmarks/cpu_ab.py HEAD --reference twisted-write-at-once
 
 It is for measuring one change to the server against the code before it:
 CPU time per round moves far less than the rate when other work shares the
@@ -71,7 +74,11 @@ def main() -> None:
     parse.add_argument("-d", "--duration", type=float, default=1.5)
     parse.add_argument("--runs", type=int, default=7, help="interleaved runs")
     parse.add_argument(
-        "--asyncio", action="store_true", help="also the plain asyncio server"
+        "--reference",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also this reference server (asyncio, twisted-write-at-once, ...)",
     )
     options = parse.parse_args()
     servers: dict[str, harness.Server] = {}
@@ -79,9 +86,9 @@ def main() -> None:
         try:
             for commit in options.commits:
                 servers[commit] = startCommit(commit, folder)
-            if options.asyncio:
-                command = harness.referenceServer("asyncio")
-                servers["asyncio"] = harness.Server("asyncio", command, folder)
+            for name in options.reference:
+                command = harness.referenceServer(name)
+                servers[name] = harness.Server(name, command, folder)
             perRound = harness.interleaved(
                 servers,
                 options.runs,

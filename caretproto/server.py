@@ -26,6 +26,7 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -33,7 +34,7 @@ from zope.interface import implementer
 from caretproto.connections import IAcceptor, RefusalLog, describeAddress, peerHost
 from caretproto.idle import LONGEST_TICK, IdleWheel, granularityFor, unsentBytes
 from caretproto.rules import GREETING, State, feed
-from caretproto.writenow import socketTransport, writeNow
+from caretproto.writenow import replyNow, socketTransport, writeNow
 
 
 class ISessionTransport(ITransport, IConsumer, IPushProducer):
@@ -107,6 +108,7 @@ class CaretProtocol(Protocol):
     _idleTracked = False
     _lastProgress = 0.0
     _owed: int | None = None
+    _socket: Connection | None = None
 
     @property
     def peer(self) -> str:
@@ -165,9 +167,13 @@ class CaretProtocol(Protocol):
         """
         Answer a chunk as L{caretproto.rules.feed} says, in one write, and
         note the time of the read for the idle timeout (a note, not a timer
-        reset).  The first reply owed registers the session as its
-        transport's streaming producer.  After L{finish}, what comes is
-        dropped.
+        reset).  After L{finish}, what comes is dropped.
+
+        This runs once per round, so it does no more than that: the first
+        reply owed (L{_startReplying}) registers the session as its
+        transport's streaming producer and finds the socket under the
+        transport once, and each reply after it goes to that socket with
+        L{caretproto.writenow.replyNow}.
 
         @param data: the bytes read, in whatever cut the network made.
         """
@@ -180,11 +186,24 @@ class CaretProtocol(Protocol):
         self.state, reply, ended = feed(self.state, data)
         self.messages += ended
         if reply:
-            if not self._producing and not self._finishing:
-                self._producing = True
-                self.transport.registerProducer(self, True)
             self.bytesSent += len(reply)
-            writeNow(self.transport, reply)
+            connection = self._socket
+            if connection is None:
+                self._startReplying(reply)
+            else:
+                replyNow(connection, self.transport, reply)
+
+    def _startReplying(self, reply: bytes) -> None:
+        """
+        Send a reply on a session with no socket found yet: the first reply,
+        or any on a transport with no socket under it (TLS, a test's
+        C{StringTransport}), or after L{finish}.
+        """
+        if not self._producing and not self._finishing:
+            self._producing = True
+            self.transport.registerProducer(self, True)
+            self._socket = socketTransport(self.transport)
+        writeNow(self.transport, reply)
 
     def finish(self) -> None:
         """
@@ -238,6 +257,8 @@ class CaretProtocol(Protocol):
         close).
         """
         self._finishing = True
+        # From now on every write goes through writeNow's checks.
+        self._socket = None
         if self._producing:
             self._producing = False
             self.transport.unregisterProducer()

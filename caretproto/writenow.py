@@ -14,12 +14,14 @@ the commands to measure it again, are in C{docs/benchmarks.rst} ("What the
 profile led to"), not here, where they would go stale.
 
 L{writeNow} does this for one write, on one connection, and leaves everything
-else to Twisted: it is used by caret's own protocols (the server's sessions,
-the client, caret-bench), so other services in the same process (a web site
-in the same C{.tac}) keep Twisted's transports exactly as they are.  What the
-kernel does not take is given to the transport's own C{write}, so order, flow
-control (a streaming producer is paused past the transport's high-water
-mark), half-close and the drain on close work as before.  A send that fails
+else to Twisted (L{replyNow} is the same for a reply made while Twisted
+delivers a read, with fewer checks): it is used by caret's own protocols (the
+server's sessions, the client, caret-bench), so other services in the same
+process (a web site in the same C{.tac}) keep Twisted's transports exactly as
+they are.  What the kernel does not take is given to the transport's own
+C{write}, so order, flow control (a streaming producer is paused past the
+transport's high-water mark), half-close and the drain on close work as
+before.  A send that fails
 (reset, broken pipe) also hands the data to the transport's C{write}: the
 transport then fails the same way on its next write attempt and ends the
 connection once, its own way.
@@ -74,9 +76,10 @@ def writeNow(transport: ITransport, data: bytes) -> None:
     waiting to be sent before it, the rest (or all of it, if the socket
     takes none) through C{transport.write}.
 
-    After C{abortConnection} nothing is sent: abort sets only C{_aborting}
-    (not C{disconnecting}), and Twisted's own C{write} then drops the data
-    with the rest of the buffer.
+    It may be called at any time, from any code: it checks the connection's
+    state first.  After C{abortConnection} nothing is sent: abort sets only
+    C{_aborting} (not C{disconnecting}), and Twisted's own C{write} then
+    drops the data with the rest of the buffer.
 
     @param transport: where the connection's bytes go, as for
         C{transport.write}.
@@ -90,9 +93,33 @@ def writeNow(transport: ITransport, data: bytes) -> None:
         or connection._aborting
         or connection._writeDisconnecting
         or connection._writeDisconnected
-        or connection._tempDataLen
-        or connection.dataBuffer
     ):
+        transport.write(data)
+        return
+    replyNow(connection, transport, data)
+
+
+def replyNow(connection: Connection, transport: ITransport, data: bytes) -> None:
+    """
+    L{writeNow} for a reply made in C{dataReceived}, on a connection already
+    found with L{socketTransport}: what caret's sessions do once per round.
+
+    It checks only what can change between two reads: whether bytes are
+    waiting before this reply, and whether TLS has started since.  The rest
+    of L{writeNow}'s checks cannot be true while Twisted is delivering what
+    it read: it reads only from a connected socket; C{abortConnection}
+    replaces the connection's C{doRead} with one that reads nothing; and a
+    connection that was closed, or half-closed, after its read was polled
+    gets the reply into the kernel before its close, as Twisted's own write
+    would have had it sent before the close (and a send after a half-close
+    fails, and is handed to C{write}, which drops it).  tests/test_writenow.py
+    pins each of these.
+
+    @param connection: the TCP or UNIX connection under C{transport}.
+    @param transport: the protocol's transport, over C{connection}.
+    @param data: the bytes to send, after everything written before.
+    """
+    if connection._tempDataLen or connection.dataBuffer or connection.TLS:
         transport.write(data)
         return
     try:

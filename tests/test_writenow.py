@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import trustme
-from twisted.internet import reactor, ssl, tcp, unix
+from twisted.internet import main, reactor, ssl, tcp, unix
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -39,7 +39,7 @@ from twisted.trial.unittest import TestCase
 from caretproto.proxy import _HeaderFirst
 from caretproto.rules import GREETING
 from caretproto.server import CaretFactory, CaretProtocol
-from caretproto.writenow import socketTransport, writeNow
+from caretproto.writenow import replyNow, socketTransport, writeNow
 from tests.fakes import clockedFactory
 from tests.rawclient import (
     RawClient,
@@ -228,6 +228,102 @@ class WriteNowTests(TestCase):
         writeNow(transport, b"late")
         session.dataReceived(b"^abc")
         self.assertEqual(fake.sent, [GREETING])
+
+
+class ReplyNowTests(TestCase):
+    """
+    A session finds its socket once, at its first reply, and sends every
+    later reply with L{replyNow}, which checks only what can change between
+    two reads.  What makes the other checks needless, in Twisted, is pinned
+    here.
+    """
+
+    def test_every_reply_after_the_first_goes_straight_to_the_socket(
+        self,
+    ) -> None:
+        session, transport, fake, fakeReactor = sessionOnSocket()
+        self.assertNotIn("_socket", vars(session))
+        session.dataReceived(b"^abc$")
+        self.assertIs(session._socket, transport)
+        session.dataReceived(b"^def$")
+        session.dataReceived(b"^g")
+        self.assertEqual(fake.sent, [GREETING, b"bcd", b"efg", b"h"])
+        self.assertEqual(fakeReactor.writerRegistrations, 0)
+
+    def test_a_greeted_session_that_never_replied_keeps_no_socket(self) -> None:
+        """Many thousands of idle sessions hold no reference each."""
+        session, _, _, _ = sessionOnSocket()
+        session.dataReceived(b"no message here")
+        self.assertNotIn("_socket", vars(session))
+
+    def test_after_finish_replies_take_writenow_s_checks_again(self) -> None:
+        session, transport, fake, _ = sessionOnSocket()
+        session.dataReceived(b"^abc")
+        session._stopProducing()
+        self.assertIsNone(session._socket)
+        transport.abortConnection()
+        session.dataReceived(b"def")
+        self.assertEqual(fake.sent, [GREETING, b"bcd"])
+
+    def test_abort_replaces_doRead_so_nothing_more_is_read(self) -> None:
+        """
+        Why replyNow need not check C{_aborting}: after C{abortConnection}
+        the reactor's C{doRead} reads nothing, so no reply can follow.
+        """
+        session, transport, fake, _ = sessionOnSocket()
+        session.dataReceived(b"^abc")
+        transport.abortConnection()
+        fake.recv = lambda size: b"def"  # type: ignore[attr-defined]
+        self.assertIsNone(transport.doRead())
+        self.assertEqual(session.bytesReceived, 4)
+        self.assertEqual(fake.sent, [GREETING, b"bcd"])
+
+    def test_a_reply_after_loseConnection_is_sent_before_the_close(self) -> None:
+        """
+        Why replyNow need not check C{disconnecting}: a read polled before
+        the close was asked for is answered, as Twisted's own write would
+        have sent the reply before closing.
+        """
+        session, transport, fake, _ = sessionOnSocket()
+        session.dataReceived(b"^abc")
+        transport.loseConnection()
+        replyNow(transport, transport, b"def")
+        self.assertEqual(fake.sent, [GREETING, b"bcd", b"def"])
+        # Nothing left to send: the reactor is told to close it now.
+        self.assertIs(transport.doWrite(), main.CONNECTION_DONE)
+
+    def test_a_reply_after_the_sending_side_closed_is_dropped(self) -> None:
+        """
+        Why replyNow need not check C{_writeDisconnected}: the socket
+        refuses the send (EPIPE), and Twisted's write drops the reply.
+        """
+        session, transport, fake, _ = sessionOnSocket()
+        session.dataReceived(b"^abc")
+        transport.loseWriteConnection()
+        transport.doWrite()
+        self.assertTrue(transport._writeDisconnected)
+        fake.error = errno.EPIPE
+        replyNow(transport, transport, b"def")
+        self.assertEqual(fake.sent, [GREETING, b"bcd"])
+        self.assertEqual((transport._tempDataLen, transport.dataBuffer), (0, b""))
+
+    def test_tls_started_since_the_first_reply_takes_the_transport_s_write(
+        self,
+    ) -> None:
+        _, transport, fake, _ = sessionOnSocket()
+        transport.TLS = True
+        written = StringTransport()
+        replyNow(transport, written, b"over TLS")
+        self.assertEqual(fake.sent, [GREETING])
+        self.assertEqual(written.value(), b"over TLS")
+
+    def test_bytes_waiting_keep_the_order(self) -> None:
+        _, transport, fake, _ = sessionOnSocket()
+        transport.write(b"first")
+        replyNow(transport, transport, b"second")
+        self.assertEqual(fake.sent, [GREETING])
+        transport.doWrite()
+        self.assertEqual(fake.sent, [GREETING, b"firstsecond"])
 
 
 class WhichTransportsTests(TestCase):
