@@ -14,6 +14,12 @@ asyncio server, which shares no code with caretproto;
     python benchmarks/cpu_ab.py main HEAD
     python benchmarks/cpu_ab.py main HEAD --reference asyncio -c 1000 --runs 5
     python benchmarks/cpu_ab.py HEAD --reference twisted-write-at-once
+    python benchmarks/cpu_ab.py main HEAD --sessions 10000 --runs 3
+
+With ``--sessions N``, each run is N reference sessions at once
+(``caret-bench -m sessions -c N -P 2``, as benchmarks/compare.py times
+them) instead of cload's rounds: it prints the seconds from the first connect
+to the last close, and the server's CPU time per session.
 
 It is for measuring one change to the server against the code before it:
 CPU time per round moves far less than the rate when other work shares the
@@ -28,8 +34,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import harness
+from compare import bench
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 """twistd, from the Python running this script, on whatever path it is given."""
@@ -80,15 +88,20 @@ def main() -> None:
         metavar="NAME",
         help="also this reference server (asyncio, twisted-write-at-once, ...)",
     )
+    parse.add_argument(
+        "--sessions",
+        type=int,
+        metavar="N",
+        help="time N reference sessions at once instead of cload's rounds",
+    )
     options = parse.parse_args()
+    if options.sessions:
+        sessions(options)
+        return
     servers: dict[str, harness.Server] = {}
     with harness.logFolder("caret-cpu-ab-") as folder:
         try:
-            for commit in options.commits:
-                servers[commit] = startCommit(commit, folder)
-            for name in options.reference:
-                command = harness.referenceServer(name)
-                servers[name] = harness.Server(name, command, folder)
+            servers.update(startAll(options, folder))
             perRound = harness.interleaved(
                 servers,
                 options.runs,
@@ -99,18 +112,64 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
-    first = harness.Spread.of(perRound[options.commits[0]])
-    assert first is not None
     print(
         f"rr, {options.connections} connections, {options.duration} s a run, "
         f"medians of {options.runs} interleaved runs: server CPU µs a round"
     )
-    for name, figures in perRound.items():
-        spread = harness.Spread.of(figures)
+    table(perRound, options.commits[0])
+
+
+def startAll(options: argparse.Namespace, folder: Path) -> dict[str, harness.Server]:
+    """Every commit's server, then every reference server, by name."""
+    servers = {commit: startCommit(commit, folder) for commit in options.commits}
+    for name in options.reference:
+        command = harness.referenceServer(name)
+        servers[name] = harness.Server(name, command, folder)
+    return servers
+
+
+def sessions(options: argparse.Namespace) -> None:
+    """C{--sessions N}: N reference sessions at once, against each server."""
+    cpu: dict[str, list[float]] = {}
+    servers: dict[str, harness.Server] = {}
+
+    def run(name: str) -> float:
+        server = servers[name]
+        before = server.cpuSeconds()
+        report: dict[str, Any] = bench(
+            server, "-m", "sessions", "-c", str(options.sessions), "-P", "2"
+        )
+        used = server.cpuSeconds() - before
+        cpu.setdefault(name, []).append(used / options.sessions * 1e6)
+        return float(report["elapsed_s"])
+
+    with harness.logFolder("caret-cpu-ab-") as folder:
+        try:
+            servers.update(startAll(options, folder))
+            elapsed = harness.interleaved(servers, options.runs, run)
+        finally:
+            for server in servers.values():
+                server.stop()
+    print(
+        f"{options.sessions:,} reference sessions at once, medians of "
+        f"{options.runs} interleaved runs: seconds from the first connect to "
+        "the last close"
+    )
+    table(elapsed, options.commits[0])
+    print("server CPU µs a session")
+    table(cpu, options.commits[0])
+
+
+def table(figures: dict[str, list[float]], first: str) -> None:
+    """Each name's median, its ratio to C{first}'s, its spread and its runs."""
+    base = harness.Spread.of(figures[first])
+    assert base is not None
+    for name, values in figures.items():
+        spread = harness.Spread.of(values)
         assert spread is not None
-        runs = " ".join(f"{figure:.2f}" for figure in figures)
+        runs = " ".join(f"{value:.2f}" for value in values)
         print(
-            f"{name:>24}  {spread.median:6.2f}  ({spread.median / first.median:.3f})"
+            f"{name:>24}  {spread.median:6.2f}  ({spread.median / base.median:.3f})"
             f"  min {spread.low:.2f} max {spread.high:.2f}  runs: {runs}"
         )
 

@@ -151,13 +151,21 @@ class CaretProtocol(Protocol):
         self._log.info("{peer} waiting for a free session", peer=self.peer)
 
     def greet(self) -> None:
-        """Start the session: send the greeting and read what follows."""
+        """
+        Start the session: send the greeting and read what follows.
+
+        Nothing is logged here: a session is logged once, when it ends
+        (L{connectionLost}), with its peer, duration and counts, as HAProxy
+        and nginx log a session or a request.  A line for each start as
+        well cost enough, under a burst of thousands of connects, to slow
+        accepting until the listen queue overflowed and clients waited a
+        second to retransmit their SYNs (docs/benchmarks.rst).
+        """
         if self.held:
             self.held = False
             self.transport.resumeProducing()
         self.greeted = True
         self.startedAt = time.monotonic()
-        self._log.info("{peer} connected", peer=self.peer)
         self.factory.sessionStarted(self)
         self._watchIdle()
         writeNow(self.transport, GREETING)

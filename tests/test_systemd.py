@@ -102,7 +102,7 @@ class SocketActivationTests(TestCase):
         client.transport.write(b"PROXY TCP4 198.51.100.7 127.0.0.1 4242 9090\r\n^a$")
         client.transport.loseWriteConnection()
         self.assertEqual(await client.done, GREETING + b"b", twistd.output)
-        await twistd.logged(r"198\.51\.100\.7:4242 connected")
+        await twistd.logged(r"198\.51\.100\.7:4242 disconnected after")
         twistd.signal(signal.SIGTERM)
         self.assertEqual(await twistd.ended, -signal.SIGTERM)
         self.assertNotIn("Traceback", twistd.output)

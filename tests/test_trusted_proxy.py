@@ -277,7 +277,7 @@ class ForgedHeadersTests(TestCase):
 
         text = "\n".join(formatEvent(e) for e in events)
         self.assertNotIn("203.0.113", text)
-        self.assertIn("198.51.100.7:4242 connected", text)
+        self.assertIn("198.51.100.7:4242 disconnected after", text)
         self.assertEqual(text.count(f"{UNTRUSTED} is not a trusted proxy"), 1)
 
 

@@ -41,9 +41,9 @@ WORKER_LISTENING = (
 """A worker of C{--workers} listening: its number and pid."""
 WORKER_SERVED = (
     r"\[worker \d+ pid (\d+) caretproto\.server\.CaretProtocol#info\] "
-    r"127\.0\.0\.1:\d+ connected"
+    r"127\.0\.0\.1:\d+ disconnected after"
 )
-"""A worker of C{--workers} accepting a session: its pid."""
+"""A worker of C{--workers} having served a session: its pid."""
 
 # Sets the open-files limit of the child, then becomes the program.
 _LAUNCH = """\
