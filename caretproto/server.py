@@ -114,7 +114,7 @@ class CaretProtocol(Protocol):
     def peer(self) -> str:
         """
         The peer address, as logged.  It is described anew each time rather
-        than kept: most sessions log it twice in their lives, and a string
+        than kept: most sessions log it once in their lives, and a string
         kept for each of many thousands of idle connections is memory spent
         on nothing.
         """
@@ -342,21 +342,16 @@ class CaretProtocol(Protocol):
         # What is abandoned, when the transport can tell.
         unsent = "" if owed is None else " with {owed} bytes unsent"
         if self.idleClosing:
-            self._log.info(
-                "{peer} did not take its replies for {timeout}s after being "
-                "closed for idleness: aborting" + unsent,
-                peer=self.peer,
-                timeout=timeout,
-                owed=owed,
-            )
+            why = "after being closed for idleness"
         else:
-            self._log.info(
-                "{peer} did not take its replies for {timeout}s while its "
-                "reading was paused: aborting" + unsent,
-                peer=self.peer,
-                timeout=timeout,
-                owed=owed,
-            )
+            why = "while its reading was paused"
+        self._log.info(
+            "{peer} did not take its replies for {timeout}s {why}: aborting" + unsent,
+            peer=self.peer,
+            timeout=timeout,
+            why=why,
+            owed=owed,
+        )
         self.transport.abortConnection()
         return None
 
@@ -375,29 +370,18 @@ class CaretProtocol(Protocol):
         timeout = self.factory.idleTimeout
         self.idleClosing = True
         self._owed = owed = unsentBytes(self.transport)
+        # What is still owed, when the transport can tell.
+        waiting = " once its {owed} owed bytes are taken" if owed else ""
+        self._log.info(
+            "{peer} sent nothing for {timeout}s: closing" + waiting,
+            peer=self.peer,
+            timeout=timeout,
+            owed=owed,
+        )
         if owed == 0:
-            self._log.info(
-                "{peer} sent nothing for {timeout}s: closing",
-                peer=self.peer,
-                timeout=timeout,
-            )
             self._stopProducing()
             self.transport.loseConnection()
             return
-        if owed is None:
-            self._log.info(
-                "{peer} sent nothing for {timeout}s: closing",
-                peer=self.peer,
-                timeout=timeout,
-            )
-        else:
-            self._log.info(
-                "{peer} sent nothing for {timeout}s: closing once its {owed} "
-                "owed bytes are taken",
-                peer=self.peer,
-                timeout=timeout,
-                owed=owed,
-            )
         # The second period, for the owed replies, counts from now.
         self._lastProgress = self.factory.clock.seconds()
         if not self._finishing:

@@ -21,10 +21,9 @@ process (a web site in the same C{.tac}) keep Twisted's transports exactly as
 they are.  What the kernel does not take is given to the transport's own
 C{write}, so order, flow control (a streaming producer is paused past the
 transport's high-water mark), half-close and the drain on close work as
-before.  A send that fails
-(reset, broken pipe) also hands the data to the transport's C{write}: the
-transport then fails the same way on its next write attempt and ends the
-connection once, its own way.
+before.  A send that fails (reset, broken pipe) also hands the data to the
+transport's C{write}: the transport then fails the same way on its next write
+attempt and ends the connection once, its own way.
 
 It applies to a transport with a plain socket under it (TCP, UNIX; also under
 the PROXY-protocol wrapper, which only forwards writes).  Caret passes no file
