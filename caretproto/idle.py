@@ -8,9 +8,8 @@ next check, and runs one reactor timer, set for the earliest bucket, for all
 of them; with nothing tracked it has no timer at all.  A connection's own
 bookkeeping stays its own: a read only notes its time, and when its bucket
 comes round the connection's L{Idler.idleCheck} decides whether it is idle
-or says when to look again.  Per connection this costs a set entry and a
-dict entry, where a timer each costs a C{DelayedCall} and a place in the
-reactor's heap.
+or says when to look again.  Per connection this costs two dict entries,
+where a timer each costs a C{DelayedCall} and a place in the reactor's heap.
 
 Deadlines are rounded up to the next tick, so a check happens no earlier
 than asked and less than one tick later: L{granularityFor} gives the tick of
@@ -91,9 +90,13 @@ class IdleWheel:
         """
         self.clock = clock
         self._granularity = granularity
-        self._buckets: dict[int, set[Idler]] = {}
+        # A bucket is a dict used as an ordered set: many thousands of
+        # entries take from a half to a third of the memory of a set.  Each
+        # entry maps to its bucket itself, not to the bucket's tick number,
+        # so that it costs no number object of its own.
+        self._buckets: dict[int, dict[Idler, None]] = {}
         self._keys: list[int] = []
-        self._where: dict[Idler, int] = {}
+        self._where: dict[Idler, dict[Idler, None]] = {}
         self._call: IDelayedCall | None = None
         self._callKey: int | None = None
         self._ticking = False
@@ -170,17 +173,17 @@ class IdleWheel:
         @param when: when, on the wheel's clock.
         """
         key = max(math.ceil(when / self._granularity), self._current + 1)
-        old = self._where.get(entry)
-        if old == key:
-            return
-        if old is not None:
-            self._buckets[old].discard(entry)
-        self._where[entry] = key
         bucket = self._buckets.get(key)
+        old = self._where.get(entry)
+        if old is not None:
+            if old is bucket:
+                return
+            del old[entry]
         if bucket is None:
-            bucket = self._buckets[key] = set()
+            bucket = self._buckets[key] = {}
             heappush(self._keys, key)
-        bucket.add(entry)
+        self._where[entry] = bucket
+        bucket[entry] = None
         if not self._ticking and (self._callKey is None or key < self._callKey):
             self._arm()
 
@@ -190,12 +193,10 @@ class IdleWheel:
 
         @param entry: what to check no more.
         """
-        key = self._where.pop(entry, None)
-        if key is None:
+        bucket = self._where.pop(entry, None)
+        if bucket is None:
             return
-        bucket = self._buckets.get(key)
-        if bucket is not None:
-            bucket.discard(entry)
+        del bucket[entry]
         if not self._where:
             self._forgetAll()
 
@@ -242,10 +243,12 @@ class IdleWheel:
         self._ticking = True
         try:
             while keys and keys[0] <= current:
-                key = heappop(keys)
-                for entry in buckets.pop(key):
+                bucket = buckets.pop(heappop(keys))
+                # A copy: a check may discard or refile another entry of
+                # this bucket, which removes it from the bucket.
+                for entry in list(bucket):
                     # Lost, or filed elsewhere, by another entry's check.
-                    if where.get(entry) != key:
+                    if where.get(entry) is not bucket:
                         continue
                     del where[entry]
                     try:
