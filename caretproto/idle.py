@@ -18,13 +18,13 @@ earlier than the read, read from the clock once for all of them, as nginx
 and HAProxy read it once per turn of their event loops.
 
 Deadlines are rounded up to the next tick, so a check happens no earlier
-than asked and less than one tick later; and a read is counted as made at
-the next tick, which is on the tick grid.  So, with the reactor's timers on
-time, a connection is ended no earlier than its timeout after its last read,
-and at most a tick later when the timeout is a whole number of ticks (as it
-is for any timeout up to 16 s and any whole number of seconds), less than two
-otherwise.  L{granularityFor} gives the tick of a timeout, a sixteenth of it
-and never more than a second.
+than asked and less than a tick later; and a read counts from the next tick,
+no earlier than the read and less than a tick after it.  So a connection is
+ended no earlier than its timeout after its last read, and less than two
+ticks later (and a connection that never read, less than one), plus however
+late the reactor runs its timers.  L{granularityFor} gives the tick of a
+timeout, a thirty-second of it and never more than half a second: two ticks
+are a sixteenth of the timeout, and never more than a second.
 
 L{unsentBytes} tells how many bytes a transport still holds unsent, which
 a session samples while it waits for its client to take replies: a figure
@@ -47,18 +47,20 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-TICKS_PER_TIMEOUT = 16
+TICKS_PER_TIMEOUT = 32
 """A timeout's tick is this fraction of it (L{granularityFor})."""
 
-LONGEST_TICK = 1.0
+LONGEST_TICK = 0.5
 """The longest tick, in seconds, whatever the timeout."""
 
 
 def granularityFor(timeout: float) -> float:
     """
-    The tick of an L{IdleWheel} for C{timeout}: a sixteenth of it, and never
-    more than a second, so that a connection is ended at most that much
-    after its deadline (a second, with caret's default of 300 s).
+    The tick of an L{IdleWheel} for C{timeout}: a thirty-second of it, and
+    never more than half a second, so that a connection is ended less than
+    two ticks after its deadline (one for its last read to be counted, one
+    for the deadline's own): a sixteenth of the timeout, and never more
+    than a second (with caret's default of 300 s).
 
     @param timeout: the idle timeout, in seconds.
     @return: the tick, in seconds.

@@ -3,7 +3,8 @@ The idle timeout: a connection that neither sends anything nor takes any of
 its replies for C{idleTimeout} seconds is ended, and logged; one that keeps
 sending, or keeps taking its replies, never is.  All of it on the factory's
 one idle wheel, so a session is ended no earlier than its deadline and less
-than one tick (L{caretproto.idle.granularityFor}) after it.
+than two ticks (L{caretproto.idle.granularityFor}) after it: one for its
+last read to be counted, one for the deadline's own.
 """
 
 from __future__ import annotations

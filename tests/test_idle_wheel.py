@@ -349,12 +349,12 @@ class IdleWheelTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertEqual(later.checked, [2.0])
 
-    def test_the_granularity_is_a_sixteenth_of_the_timeout_and_at_most_a_second(
+    def test_the_granularity_is_a_32nd_of_the_timeout_and_at_most_half_a_second(
         self,
     ) -> None:
-        self.assertEqual(granularityFor(2), 0.125)
-        self.assertEqual(granularityFor(16), 1.0)
-        self.assertEqual(granularityFor(300), 1.0)
+        self.assertEqual(granularityFor(2), 0.0625)
+        self.assertEqual(granularityFor(16), 0.5)
+        self.assertEqual(granularityFor(300), 0.5)
 
 
 class UnsentBytesTests(SynchronousTestCase):
