@@ -24,7 +24,7 @@ connections held by caret-bench against a freshly started server, one
 server after the other; and caret-bench's own rate beside cload's against the
 fastest server, since caret-bench is not the ceiling.
 
-Runs are interleaved (A, B, ... then A, B, ... again); every figure is a
+Runs are interleaved (A, B, C, then B, C, A, ...); every figure is a
 median with its min and max.  A run whose reference rows are out of line (a
 server slower at 100 connections than at 1,000 by more than the spread, or a
 spread over 20 % of the median) is repeated once, then flagged in the record

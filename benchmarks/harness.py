@@ -11,9 +11,10 @@ their spread, the server's CPU time, and the records that docs/ renders.
 - L{compiled} is the one place that compiles C (benchmarks/cload.c and
   benchmarks/servers/epoll_server.c), once per source: the binary is cached
   under the source's hash.
-- L{interleaved} runs A, B, ... then A, B, ... again, so that other work
-  on a shared machine weighs on every server alike; L{Spread} is a median
-  with its min and max.
+- L{interleaved} runs A, B, C, then B, C, A, then C, A, B, ..., so that
+  other work on a shared machine weighs on every server alike and no
+  server always runs first in a round; L{Spread} is a median with its min
+  and max.
 - L{writeRecord} writes one named record into docs/benchmarks.json, the
   one source of the figures that docs/_ext/caretfigures.py renders.
 
@@ -436,11 +437,18 @@ class PeakMemory:
 def interleaved(
     names: Iterable[str], repeat: int, run: Callable[[str], T]
 ) -> dict[str, list[T]]:
-    """C{run} for every name, C{repeat} rounds, one name after another."""
+    """
+    C{run} for every name, C{repeat} rounds, one name after another, each
+    round starting one name further on.  A fixed order charges whatever a
+    place in the round costs (the first run after the pause between
+    rounds, the run after the heaviest server) to the same server every
+    time.
+    """
     names = list(names)
     results: dict[str, list[T]] = {name: [] for name in names}
-    for _ in range(repeat):
-        for name in names:
+    for index in range(repeat):
+        start = index % len(names)
+        for name in names[start:] + names[:start]:
             results[name].append(run(name))
     return results
 

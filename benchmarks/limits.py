@@ -38,7 +38,7 @@ from typing import Any
 import harness
 
 from caretproto.openfiles import raiseOpenFilesLimit
-from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed
+from caretproto.rules import GREETING, MSG_END, MSG_START, State, feed, replyTo
 
 MiB = 1024 * 1024
 
@@ -212,7 +212,7 @@ def _roundOnEach(clients: list[socket.socket]) -> bool:
         for key, _ in events:
             client = key.fileobj
             assert isinstance(client, socket.socket)
-            if client.recv(16) != feed(State.WAIT_FOR_MSG, b"^a$").reply:
+            if client.recv(16) != replyTo(b"a"):
                 return False
             selector.unregister(client)
             answered += 1

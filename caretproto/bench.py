@@ -552,7 +552,7 @@ class Load:
         self._windowEnd: float | None = None
         self._givingUp: IDelayedCall | None = None
         self._message = message(size)
-        self._reply = feed(State.WAIT_FOR_MSG, self._message).reply
+        _, self._reply, _ = feed(State.WAIT_FOR_MSG, self._message)
         periods = 2 * len(BULK_WRITE) // len(BODY_PATTERN) + 2
         self._bulkReplies = replyTo(BODY_PATTERN * periods)
         self._script = script

@@ -6,14 +6,25 @@ to see whether a connection's client is taking its replies.
 L{IdleWheel} keeps every tracked connection in a bucket by the tick of its
 next check, and runs one reactor timer, set for the earliest bucket, for all
 of them; with nothing tracked it has no timer at all.  A connection's own
-bookkeeping stays its own: a read only notes its time, and when its bucket
-comes round the connection's L{Idler.idleCheck} decides whether it is idle
-or says when to look again.  Per connection this costs two dict entries,
-where a timer each costs a C{DelayedCall} and a place in the reactor's heap.
+bookkeeping stays its own: when its bucket comes round, the connection's
+L{Idler.idleCheck} decides whether it is idle or says when to look again.
+Per connection this costs two dict entries, where a timer each costs a
+C{DelayedCall} and a place in the reactor's heap.
+
+Nor does a read cost a look at the clock.  The first read after a tick tells
+the wheel (L{IdleWheel.noteProgress}), and the next tick gives every
+connection that did so the tick's time (L{Idler.progressed}): a time no
+earlier than the read, read from the clock once for all of them, as nginx
+and HAProxy read it once per turn of their event loops.
 
 Deadlines are rounded up to the next tick, so a check happens no earlier
-than asked and less than one tick later: L{granularityFor} gives the tick of
-a timeout, a sixteenth of it and never more than a second.
+than asked and less than a tick later; and a read counts from the next tick,
+no earlier than the read and less than a tick after it.  So a connection is
+ended no earlier than its timeout after its last read, and less than two
+ticks later (and a connection that never read, less than one), plus however
+late the reactor runs its timers.  L{granularityFor} gives the tick of a
+timeout, a thirty-second of it and never more than half a second: two ticks
+are a sixteenth of the timeout, and never more than a second.
 
 L{unsentBytes} tells how many bytes a transport still holds unsent, which
 a session samples while it waits for its client to take replies: a figure
@@ -36,18 +47,20 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-TICKS_PER_TIMEOUT = 16
+TICKS_PER_TIMEOUT = 32
 """A timeout's tick is this fraction of it (L{granularityFor})."""
 
-LONGEST_TICK = 1.0
+LONGEST_TICK = 0.5
 """The longest tick, in seconds, whatever the timeout."""
 
 
 def granularityFor(timeout: float) -> float:
     """
-    The tick of an L{IdleWheel} for C{timeout}: a sixteenth of it, and never
-    more than a second, so that a connection is ended at most that much
-    after its deadline (a second, with caret's default of 300 s).
+    The tick of an L{IdleWheel} for C{timeout}: a thirty-second of it, and
+    never more than half a second, so that a connection is ended less than
+    two ticks after its deadline (one for its last read to be counted, one
+    for the deadline's own): a sixteenth of the timeout, and never more
+    than a second (with caret's default of 300 s).
 
     @param timeout: the idle timeout, in seconds.
     @return: the tick, in seconds.
@@ -66,6 +79,15 @@ class Idler(Protocol):
         @param now: the time, on the wheel's clock.
         @return: when to check again, on that clock, or C{None} to be
             forgotten.  A time not after C{now} means the next tick.
+        """
+
+    def progressed(self, now: float) -> None:
+        """
+        This made progress (a read) since the last tick, and told the wheel
+        with L{IdleWheel.noteProgress}: count its idle time from C{now}.
+
+        @param now: the tick's time, on the wheel's clock: no earlier than
+            the progress.
         """
 
 
@@ -97,6 +119,7 @@ class IdleWheel:
         self._buckets: dict[int, dict[Idler, None]] = {}
         self._keys: list[int] = []
         self._where: dict[Idler, dict[Idler, None]] = {}
+        self._progressed: list[Idler] = []
         self._call: IDelayedCall | None = None
         self._callKey: int | None = None
         self._ticking = False
@@ -130,8 +153,7 @@ class IdleWheel:
         """
         if granularity == self._granularity:
             return
-        entries = list(self._where)
-        self._forgetAll()
+        entries = self._forgetAllButProgress()
         self._granularity = granularity
         self._refile(entries)
 
@@ -141,10 +163,21 @@ class IdleWheel:
 
         @param clock: the new clock.
         """
-        entries = list(self._where)
-        self._forgetAll()
+        entries = self._forgetAllButProgress()
         self.clock = clock
         self._refile(entries)
+
+    def _forgetAllButProgress(self) -> list[Idler]:
+        """
+        Forget every entry, once those that made progress since the last
+        tick have been given the time, the earliest to count it from now.
+
+        @return: the entries forgotten, for L{_refile}.
+        """
+        self._stampProgress(self.clock.seconds())
+        entries = list(self._where)
+        self._forgetAll()
+        return entries
 
     def _refile(self, entries: list[Idler]) -> None:
         """File C{entries}, forgotten, anew from now: each checked next tick."""
@@ -187,6 +220,34 @@ class IdleWheel:
         if not self._ticking and (self._callKey is None or key < self._callKey):
             self._arm()
 
+    def noteProgress(self, entry: Idler) -> None:
+        """
+        C{entry} made progress: at the next tick, before any check, the
+        wheel calls its L{Idler.progressed} with the tick's time.  Once per
+        tick is enough, so that a connection tells the wheel of its first
+        read after a tick, and of none of the others.
+
+        @param entry: a tracked entry; one forgotten by then is skipped.
+        """
+        self._progressed.append(entry)
+        if not self._ticking and (
+            self._callKey is None or self._callKey > self._current + 1
+        ):
+            self._arm()
+
+    def _stampProgress(self, now: float) -> None:
+        """Give every entry that made progress since the last tick C{now}."""
+        progressed, self._progressed = self._progressed, []
+        where = self._where
+        for entry in progressed:
+            if entry in where:
+                try:
+                    entry.progressed(now)
+                except Exception:
+                    self._log.failure(
+                        "noting progress of {entry!r} failed", entry=entry
+                    )
+
     def discard(self, entry: Idler) -> None:
         """
         Stop tracking C{entry}, if tracked; with none left, stop the timer.
@@ -206,6 +267,7 @@ class IdleWheel:
 
     def _forgetAll(self) -> None:
         self._where.clear()
+        self._progressed.clear()
         self._buckets.clear()
         self._keys.clear()
         self._cancel()
@@ -217,18 +279,24 @@ class IdleWheel:
         self._callKey = None
 
     def _arm(self) -> None:
-        """Set the one timer for the earliest bucket with anything in it."""
+        """
+        Set the one timer for the earliest bucket with anything in it, or
+        for the next tick if an entry made progress since the last.
+        """
         keys, buckets = self._keys, self._buckets
         while keys and not buckets[keys[0]]:
             del buckets[heappop(keys)]
         if not keys:
             self._cancel()
             return
+        now = self.clock.seconds()
         first = keys[0]
+        if self._progressed:
+            first = min(first, self._tickAt(now) + 1)
         if self._callKey == first:
             return
         self._cancel()
-        delay = max(0.0, first * self._granularity - self.clock.seconds())
+        delay = max(0.0, first * self._granularity - now)
         self._call = self.clock.callLater(delay, self._tick)
         self._callKey = first
 
@@ -242,6 +310,8 @@ class IdleWheel:
         keys, buckets, where = self._keys, self._buckets, self._where
         self._ticking = True
         try:
+            # Before the checks, so that a read since the last tick counts.
+            self._stampProgress(now)
             while keys and keys[0] <= current:
                 bucket = buckets.pop(heappop(keys))
                 # A copy: a check may discard or refile another entry of

@@ -15,7 +15,7 @@ loop over its bytes.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import TypeAlias
 
 GREETING = b"*"
 """The one byte a server sends when a client connects."""
@@ -39,15 +39,14 @@ class State(enum.Enum):
     IN_MSG = "IN_MSG"
 
 
-class Step(NamedTuple):
-    """What a server does with one received chunk."""
-
-    state: State
-    """The state after the chunk."""
-    reply: bytes
-    """The bytes to send back, possibly empty."""
-    messages: int
-    """How many messages the chunk ended (C{$} inside a message)."""
+Step: TypeAlias = tuple[State, bytes, int]
+"""
+What a server does with one received chunk, as L{feed} returns it: the
+state after the chunk, the bytes to send back (possibly empty), and how many
+messages the chunk ended (C{$} inside a message).  A plain tuple, to be
+unpacked: built once per read, a named tuple cost more than the rest of
+L{feed} on a small message.
+"""
 
 
 def replyTo(body: bytes) -> bytes:
@@ -63,11 +62,8 @@ def replyTo(body: bytes) -> bytes:
 
 _WAIT_FOR_MSG = State.WAIT_FOR_MSG
 _IN_MSG = State.IN_MSG
-# feed runs once per read.  An enum member looked up on its class, and a
-# NamedTuple built through its generated __new__, each cost more than the
-# rest of feed on a small message: hence these shortcuts (measured in
-# docs/benchmarks.rst, "What the profile led to").
-_newStep = tuple.__new__
+# feed runs once per read, and an enum member looked up on its class costs
+# more than the rest of feed on a small message: hence these shortcuts.
 _START = MSG_START[0]
 
 
@@ -82,7 +78,7 @@ def feed(state: State, chunk: bytes) -> Step:
         message, C{IN_MSG} inside one.
     @param chunk: the bytes received, any number, in any cut of the stream.
     @return: the state after the chunk, the reply to send (possibly empty)
-        and how many messages the chunk ended, as a L{Step}.
+        and how many messages the chunk ended: a L{Step}.
     """
     end = len(chunk)
     # The commonest read by far is one whole message: answer it with one
@@ -91,7 +87,7 @@ def feed(state: State, chunk: bytes) -> Step:
         stop = chunk.find(MSG_END, 1)
         if stop == end - 1:
             reply = chunk[1:stop].translate(_SUCCESSOR)
-            return _newStep(Step, (_WAIT_FOR_MSG, reply, 1))
+            return _WAIT_FOR_MSG, reply, 1
     pos = 0
     messages = 0
     spans: list[tuple[int, int]] = []
@@ -113,15 +109,15 @@ def feed(state: State, chunk: bytes) -> Step:
             state = _WAIT_FOR_MSG
             pos = stop + 1
     if not spans:
-        return _newStep(Step, (state, b"", messages))
+        return state, b"", messages
     if len(spans) == 1:
         first, last = spans[0]
         if first == 0 and last == end:
-            return _newStep(Step, (state, chunk.translate(_SUCCESSOR), messages))
+            return state, chunk.translate(_SUCCESSOR), messages
         reply = chunk[first:last].translate(_SUCCESSOR)
-        return _newStep(Step, (state, reply, messages))
+        return state, reply, messages
     # Many messages in one chunk: translate it once and join views of the
     # answered spans, rather than slicing and translating each message.
     translated = memoryview(chunk.translate(_SUCCESSOR))
     reply = b"".join([translated[first:last] for first, last in spans])
-    return _newStep(Step, (state, reply, messages))
+    return state, reply, messages

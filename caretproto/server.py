@@ -107,6 +107,7 @@ class CaretProtocol(Protocol):
     _readClosed = False
     _idleTracked = False
     _lastProgress = 0.0
+    _unheard = True
     _owed: int | None = None
     _socket: Connection | None = None
 
@@ -173,9 +174,9 @@ class CaretProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Answer a chunk as L{caretproto.rules.feed} says, in one write, and
-        note the time of the read for the idle timeout (a note, not a timer
-        reset).  After L{finish}, what comes is dropped.
+        Answer a chunk as L{caretproto.rules.feed} says, in one write.  The
+        first read after each tick of the idle wheel tells the wheel
+        (L{_firstRead}); after L{finish}, what comes is dropped.
 
         This runs once per round, so it does no more than that: the first
         reply owed (L{_startReplying}) registers the session as its
@@ -186,11 +187,9 @@ class CaretProtocol(Protocol):
         @param data: the bytes read, in whatever cut the network made.
         """
         self.bytesReceived += len(data)
-        if self._lingering:
+        if self._unheard and self._firstRead():
             # Dropped, and no reason to keep the session: see finish.
             return
-        if self._idleTracked:
-            self._lastProgress = self.factory.clock.seconds()
         self.state, reply, ended = feed(self.state, data)
         self.messages += ended
         if reply:
@@ -200,6 +199,33 @@ class CaretProtocol(Protocol):
                 self._startReplying(reply)
             else:
                 replyNow(connection, self.transport, reply)
+
+    def _firstRead(self) -> bool:
+        """
+        The first read since the idle wheel last said it had counted one
+        (L{progressed}), or since the session started: tell the wheel,
+        which counts idle time from its next tick; later reads need not.
+        The idle timeout is so kept with no look at the clock on a read.
+        After L{finish}, every read comes here, to be dropped.
+
+        @return: whether to drop the read.
+        """
+        if self._lingering:
+            return True
+        self._unheard = False
+        if self._idleTracked:
+            self.factory.idleWheelOnClock().noteProgress(self)
+        return False
+
+    def progressed(self, now: float) -> None:
+        """
+        The idle wheel's tick after a read (L{_firstRead}): count idle time
+        from C{now}, and have the next read tell the wheel again.
+
+        @param now: the tick's time, after the read.
+        """
+        self._lastProgress = now
+        self._unheard = True
 
     def _startReplying(self, reply: bytes) -> None:
         """
@@ -233,7 +259,7 @@ class CaretProtocol(Protocol):
         if self._readClosed or not self.greeted or connection is None:
             self.transport.loseConnection()
             return
-        self._lingering = True
+        self._lingering = self._unheard = True
         connection.loseWriteConnection()
         if self.paused:
             self.paused = False
@@ -276,7 +302,9 @@ class CaretProtocol(Protocol):
         Count idle time from now, if the factory has an C{idleTimeout}: the
         session is filed on the factory's L{IdleWheel} for its deadline.
 
-        A read only notes its time (L{dataReceived}); when the deadline's
+        A read costs no timer reset, nor even a look at the clock: the first
+        read after a tick tells the wheel (L{_firstRead}), whose next tick
+        gives the session its time (L{progressed}); when the deadline's
         tick comes, L{idleCheck} files the session again for what is left
         since the last read.  Twisted's C{TimeoutMixin} instead reschedules a
         timer per connection on every read, which costs CPU time on every
@@ -288,6 +316,9 @@ class CaretProtocol(Protocol):
         now = self.factory.clock.seconds()
         self._idleTracked = True
         self._lastProgress = now
+        if not self._unheard:
+            # Read before, untimed: the next read must tell the wheel.
+            self._unheard = True
         self.factory.idleWheelOnClock().schedule(self, now + timeout)
 
     def _unwatchIdle(self) -> None:

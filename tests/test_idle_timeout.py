@@ -3,7 +3,8 @@ The idle timeout: a connection that neither sends anything nor takes any of
 its replies for C{idleTimeout} seconds is ended, and logged; one that keeps
 sending, or keeps taking its replies, never is.  All of it on the factory's
 one idle wheel, so a session is ended no earlier than its deadline and less
-than one tick (L{caretproto.idle.granularityFor}) after it.
+than two ticks (L{caretproto.idle.granularityFor}) after it: one for its
+last read to be counted, one for the deadline's own.
 """
 
 from __future__ import annotations
@@ -29,13 +30,24 @@ TICK = granularityFor(TIMEOUT)
 
 def wait(clock: Clock, seconds: float) -> None:
     """
-    Let C{seconds} pass on C{clock} in steps no longer than a tick, so that
-    the idle wheel samples paused sessions as often as it would on a
-    reactor.
+    Let C{seconds} pass on C{clock} as they pass on a reactor: each call
+    runs at its own time, not late at the end of one long step.  The idle
+    wheel samples paused sessions each tick, and counts a read from the
+    tick after it, so that a test which jumped past its ticks would see a
+    reactor stalled for as long.
     """
     end = clock.seconds() + seconds
-    while clock.seconds() < end:
-        clock.advance(min(TICK, end - clock.seconds()))
+    while True:
+        due = [call.getTime() for call in clock.getDelayedCalls()]
+        due = [when for when in due if when <= end]
+        if not due:
+            break
+        # Exactly at its time: C{advance} by a difference may land an ulp
+        # short of it.
+        clock.rightNow = max(clock.rightNow, min(due))
+        clock.advance(0)
+    clock.rightNow = end
+    clock.advance(0)
 
 
 class IdleTimeoutTests(TestCase):
@@ -60,12 +72,43 @@ class IdleTimeoutTests(TestCase):
 
     def test_every_read_restarts_the_timeout(self) -> None:
         session, transport = connect(self.factory)
-        self.clock.advance(4)
+        wait(self.clock, 4)
         session.dataReceived(b"x")
-        self.clock.advance(4.99)
+        wait(self.clock, 4.99)
         self.assertFalse(transport.disconnecting)
-        self.clock.advance(TICK)
+        wait(self.clock, TICK)
         self.assertTrue(transport.disconnecting)
+
+    def test_a_read_counts_from_the_next_tick(self) -> None:
+        """
+        A read does not look at the clock: the wheel's next tick gives the
+        session its time, so that a session is ended no earlier than the
+        timeout after its last read, and at most a tick later.
+        """
+        session, transport = connect(self.factory)
+        wait(self.clock, 3 * TICK)
+        # At a tick's time: counted from the next tick, a whole tick later.
+        session.dataReceived(b"x")
+        wait(self.clock, TIMEOUT + TICK - 0.001)
+        self.assertFalse(transport.disconnecting)
+        wait(self.clock, 0.001)
+        self.assertTrue(transport.disconnecting)
+
+    def test_reads_after_the_first_since_a_tick_do_not_touch_the_wheel(
+        self,
+    ) -> None:
+        session, _transport = connect(self.factory)
+        wheel = self.factory.idleWheel
+        noted = []
+        self.patch(wheel, "noteProgress", noted.append)
+        for _ in range(3):
+            session.dataReceived(b"^a$")
+        self.assertEqual(noted, [session])
+        # The tick: the next read tells the wheel again.
+        session.progressed(self.clock.seconds())
+        session.dataReceived(b"^a$")
+        session.dataReceived(b"^a$")
+        self.assertEqual(noted, [session, session])
 
     def test_a_read_just_before_the_deadline_keeps_the_session(self) -> None:
         session, transport = connect(self.factory)
@@ -80,18 +123,20 @@ class IdleTimeoutTests(TestCase):
 
     def test_reads_set_no_timer(self) -> None:
         """
-        A read only notes its time: the session's deadline is looked at when
-        its tick comes, and filed again for what is left since the last read
-        (see L{caretproto.server.CaretProtocol._watchIdle}).
+        A read sets no timer: the session's deadline is looked at when its
+        tick comes, and filed again for what is left since the last read,
+        counted from the tick after it (see
+        L{caretproto.server.CaretProtocol._watchIdle}).
         """
         session, transport = connect(self.factory)
         for _ in range(30):
-            self.clock.advance(0.5)
+            wait(self.clock, 0.5)
             session.dataReceived(b"^a$")
             self.assertLessEqual(len(self.clock.getDelayedCalls()), 1)
-        self.clock.advance(4.99)
+        wait(self.clock, 4.99)
         self.assertFalse(transport.disconnecting)
-        self.clock.advance(TICK)
+        # The last read was at a tick's time, so counted from the next one.
+        wait(self.clock, 2 * TICK)
         self.assertTrue(transport.disconnecting)
 
     def test_slow_client_that_keeps_sending_is_never_closed(self) -> None:
@@ -113,7 +158,7 @@ class IdleTimeoutTests(TestCase):
     def test_idle_close_delivers_owed_replies(self) -> None:
         session, transport = connect(self.factory)
         session.dataReceived(b"^abc")
-        self.clock.advance(5)
+        wait(self.clock, TIMEOUT + TICK)
         self.assertEqual(transport.value(), GREETING + b"bcd")
         self.assertIsNone(transport.producer)
         self.assertTrue(transport.disconnecting)
@@ -265,7 +310,10 @@ class ReleaseTests(TestCase):
         wait(self.clock, seconds)
 
     def owe(self, count: int) -> None:
-        """The client sends a message whose replies it does not take."""
+        """
+        The client sends a message whose replies it does not take: its
+        session is closed for idleness a timeout after the next tick.
+        """
         self.socket.room = 0
         self.session.dataReceived(b"^" + b"a" * count)
 
@@ -289,7 +337,7 @@ class ReleaseTests(TestCase):
         self,
     ) -> None:
         self.owe(3)
-        self.wait(TIMEOUT)
+        self.wait(TIMEOUT + TICK)
         self.assertIn(
             "127.0.0.1:40000 sent nothing for 5.0s: closing once its 3 owed "
             "bytes are taken",
@@ -310,7 +358,7 @@ class ReleaseTests(TestCase):
         self,
     ) -> None:
         self.owe(20)
-        self.wait(TIMEOUT)
+        self.wait(TIMEOUT + TICK)
         for _ in range(19):
             self.wait(4.5)
             self.socket.room = 1
@@ -326,7 +374,7 @@ class ReleaseTests(TestCase):
         self,
     ) -> None:
         self.owe(3)
-        self.wait(TIMEOUT)
+        self.wait(TIMEOUT + TICK)
         self.wait(4.99)
         self.assertFalse(self.transport._aborting)
         self.wait(TICK)
@@ -339,12 +387,16 @@ class ReleaseTests(TestCase):
 
     def test_a_client_sending_on_after_idle_close_is_still_cut_off(self) -> None:
         """What it sends is dropped, and is no progress: only taking is."""
+        noted = []
+        self.patch(self.factory.idleWheel, "noteProgress", noted.append)
         self.owe(3)
-        self.wait(TIMEOUT)
+        self.wait(TIMEOUT + TICK)
         for _ in range(3):
             self.wait(2)
             self.session.dataReceived(b"^more")
         self.assertTrue(self.transport._aborting)
+        # Only the read before the close told the wheel.
+        self.assertEqual(noted, [self.session])
 
     def test_an_idle_close_during_a_drain_closes_what_owes_nothing(self) -> None:
         """
@@ -375,7 +427,7 @@ class WheelTests(TestCase):
             sessions.append((session, transport))
             lastRead[session] = self.clock.seconds()
         for _ in range(4):
-            self.clock.advance(1)
+            wait(self.clock, 1)
             for session, _transport in randomness.sample(sessions, 1000):
                 session.dataReceived(b"^a")
                 lastRead[session] = self.clock.seconds()
@@ -432,6 +484,22 @@ class WheelTests(TestCase):
         self.clock.advance(4.99)
         self.assertFalse(transport.disconnecting)
         self.clock.advance(TICK)
+        self.assertTrue(transport.disconnecting)
+
+    def test_reads_are_counted_once_the_timeout_is_turned_on(self) -> None:
+        """
+        A session that read while it was not timed tells the wheel of its
+        first read once it is.
+        """
+        self.factory.idleTimeout = None
+        session, transport = connect(self.factory)
+        session.dataReceived(b"^a")
+        self.factory.idleTimeout = TIMEOUT
+        wait(self.clock, 4)
+        session.dataReceived(b"b")
+        wait(self.clock, 4.99)
+        self.assertFalse(transport.disconnecting)
+        wait(self.clock, TICK)
         self.assertTrue(transport.disconnecting)
 
     def test_a_stopped_service_leaves_no_timer(self) -> None:

@@ -1,7 +1,8 @@
 """
 The idle wheel (L{caretproto.idle}): many deadlines on one timer, each met
-no earlier than asked and less than a tick later; no timer when nothing is
-tracked; and the Twisted attributes L{unsentBytes} reads, pinned.
+no earlier than asked and less than a tick later; progress given the next
+tick's time; no timer when nothing is tracked; and the Twisted attributes
+L{unsentBytes} reads, pinned.
 """
 
 from __future__ import annotations
@@ -66,15 +67,22 @@ class Entry:
     def __init__(self, *times: float) -> None:
         self.times = list(times)
         self.checked: list[float] = []
+        self.progress: list[float] = []
 
     def idleCheck(self, now: float) -> float | None:
         self.checked.append(now)
         return self.times.pop(0) if self.times else None
 
+    def progressed(self, now: float) -> None:
+        self.progress.append(now)
+
 
 class Failing:
     def idleCheck(self, now: float) -> float | None:
         raise RuntimeError("broken check")
+
+    def progressed(self, now: float) -> None:
+        raise RuntimeError("broken note")
 
 
 class IdleWheelTests(SynchronousTestCase):
@@ -231,6 +239,103 @@ class IdleWheelTests(SynchronousTestCase):
         self.assertEqual(sorted([first.checked, second.checked]), [[], [1.0]])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_progress_is_given_the_next_ticks_time(self) -> None:
+        """
+        An entry that made progress is told so at the next tick, with the
+        tick's time: the timer wakes for it, though no check is due for
+        long, and once, however many entries made progress.
+        """
+        entries = [Entry() for _ in range(3)]
+        for entry in entries:
+            self.wheel.schedule(entry, 100.0)
+        self.clock.advance(1.1)
+        for entry in entries:
+            self.wheel.noteProgress(entry)
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 1.25)
+        self.clock.advance(0.15)
+        self.assertEqual([entry.progress for entry in entries], [[1.25]] * 3)
+        self.assertEqual([entry.checked for entry in entries], [[]] * 3)
+        # Told once: the timer sleeps until the first check again.
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 100.0)
+
+    def test_progress_is_given_before_the_ticks_checks(self) -> None:
+        """
+        Progress since the last tick is given its time before the tick's
+        checks, so that a check sees it.
+        """
+        order: list[str] = []
+
+        class Ordered(Entry):
+            def idleCheck(self, now: float) -> float | None:
+                order.append("check")
+                return super().idleCheck(now)
+
+            def progressed(self, now: float) -> None:
+                order.append("progress")
+                super().progressed(now)
+
+        entry = Ordered()
+        self.wheel.schedule(entry, 1.0)
+        self.clock.advance(0.9)
+        self.wheel.noteProgress(entry)
+        self.clock.advance(0.1)
+        self.assertEqual(order, ["progress", "check"])
+
+    def test_progress_of_an_entry_discarded_since_is_dropped(self) -> None:
+        entry, other = Entry(), Entry()
+        self.wheel.schedule(entry, 1.0)
+        self.wheel.schedule(other, 1.0)
+        self.wheel.noteProgress(entry)
+        self.wheel.discard(entry)
+        self.clock.advance(1.0)
+        self.assertEqual(entry.progress, [])
+
+    def test_progress_is_given_its_time_when_the_granularity_changes(self) -> None:
+        """
+        Entries filed anew for a new granularity keep the progress they made
+        before it: given the time of the change, which is after it.
+        """
+        entry = Entry(10.0)
+        self.wheel.schedule(entry, 100.0)
+        self.clock.advance(1.1)
+        self.wheel.noteProgress(entry)
+        self.wheel.granularity = 0.5
+        self.assertEqual(entry.progress, [1.1])
+        self.clock.advance(0.4)
+        self.assertEqual(entry.checked, [1.5])
+
+    def test_progress_is_given_its_time_on_the_old_clock_for_a_new_one(
+        self,
+    ) -> None:
+        entry = Entry()
+        self.wheel.schedule(entry, 1.0)
+        self.clock.advance(0.6)
+        self.wheel.noteProgress(entry)
+        self.wheel.setClock(Clock())
+        self.assertEqual(entry.progress, [0.6])
+
+    def test_clear_forgets_progress(self) -> None:
+        entry = Entry()
+        self.wheel.schedule(entry, 1.0)
+        self.wheel.noteProgress(entry)
+        self.wheel.clear()
+        self.wheel.schedule(entry, 1.0)
+        self.clock.advance(1.0)
+        self.assertEqual(entry.progress, [])
+
+    def test_a_failing_progress_note_is_logged_and_the_others_still_run(
+        self,
+    ) -> None:
+        failing, entry = Failing(), Entry()
+        for one in (failing, entry):
+            self.wheel.schedule(one, 100.0)
+            self.wheel.noteProgress(one)
+        self.clock.advance(0.25)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(entry.progress, [0.25])
+
     def test_a_failing_check_is_logged_and_the_others_still_run(self) -> None:
         entries = [Entry() for _ in range(3)]
         self.wheel.schedule(Failing(), 1.0)
@@ -244,12 +349,12 @@ class IdleWheelTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertEqual(later.checked, [2.0])
 
-    def test_the_granularity_is_a_sixteenth_of_the_timeout_and_at_most_a_second(
+    def test_the_granularity_is_a_32nd_of_the_timeout_and_at_most_half_a_second(
         self,
     ) -> None:
-        self.assertEqual(granularityFor(2), 0.125)
-        self.assertEqual(granularityFor(16), 1.0)
-        self.assertEqual(granularityFor(300), 1.0)
+        self.assertEqual(granularityFor(2), 0.0625)
+        self.assertEqual(granularityFor(16), 0.5)
+        self.assertEqual(granularityFor(300), 0.5)
 
 
 class UnsentBytesTests(SynchronousTestCase):
