@@ -240,8 +240,8 @@ def wave(caret: Caret, arguments: argparse.Namespace, before: int) -> dict[str, 
     heldAt = time.monotonic()
     during = snapshot(caret)
     # Every client is ended by the server: the non-readers at most a timeout
-    # and a tick after they last took a reply, the silent ones a timeout and
-    # a tick after their greeting.  Wait for the descriptors to come back,
+    # and two ticks of the idle wheel after they last sent or took anything,
+    # the silent ones a timeout and a tick after their greeting.  Wait for the descriptors to come back,
     # and give up at twice as long again.
     deadline = heldAt + 2 * timeout + 30
     releasedAt = None

@@ -10,8 +10,9 @@ traffic that was a large share of the server's cost per round; with this,
 C{epoll_ctl} is called once per connection instead of twice per round.  It
 sends with the socket's own C{send}, not the transport's C{writeSomeData},
 whose slicing and result checks cost more still.  What each was worth, and
-the commands to measure it again, are in C{docs/benchmarks.rst} ("What the
-profile led to"), not here, where they would go stale.
+the commands to measure it again, are in C{docs/benchmarks.rst} ("History:
+what each change was worth when it was made"), not here, where they would
+go stale.
 
 L{writeNow} does this for one write, on one connection, and leaves everything
 else to Twisted (L{replyNow} is the same for a reply made while Twisted
