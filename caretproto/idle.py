@@ -229,10 +229,11 @@ class IdleWheel:
 
         @param entry: a tracked entry; one forgotten by then is skipped.
         """
-        self._progressed.append(entry)
-        if not self._ticking and (
-            self._callKey is None or self._callKey > self._current + 1
-        ):
+        progressed = self._progressed
+        progressed.append(entry)
+        # The first since the last tick sets the timer for the next tick;
+        # the others find it set.  A tick under way sets it as it ends.
+        if len(progressed) == 1 and not self._ticking:
             self._arm()
 
     def _stampProgress(self, now: float) -> None:

@@ -260,6 +260,34 @@ class IdleWheelTests(SynchronousTestCase):
         [call] = self.clock.getDelayedCalls()
         self.assertEqual(call.getTime(), 100.0)
 
+    def test_progress_of_many_entries_looks_at_the_clock_once(self) -> None:
+        """
+        Only the first entry to make progress since a tick sets the timer:
+        a burst of sessions all reading, after a long quiet spell with no
+        tick, costs one setting of the timer, not a look at the clock each.
+        """
+        entries = [Entry() for _ in range(1000)]
+        for entry in entries:
+            self.wheel.schedule(entry, 100.0)
+        self.clock.advance(50.1)
+        looks: list[float] = []
+        seconds = self.clock.seconds
+
+        def counted() -> float:
+            looks.append(seconds())
+            return seconds()
+
+        self.clock.seconds = counted  # type: ignore[method-assign]
+        try:
+            for entry in entries:
+                self.wheel.noteProgress(entry)
+        finally:
+            del self.clock.seconds
+        # The wheel's, and the one the timer takes to set itself.
+        self.assertEqual(len(looks), 2)
+        self.clock.advance(0.15)
+        self.assertEqual({tuple(entry.progress) for entry in entries}, {(50.25,)})
+
     def test_progress_is_given_before_the_ticks_checks(self) -> None:
         """
         Progress since the last tick is given its time before the tick's
