@@ -98,9 +98,10 @@ def workerCommand(argv: Sequence[str], reactor: str | None = None) -> list[str]:
 def reactorName(reactor: object) -> str | None:
     """
     The name C{twistd --reactor} and C{twist --reactor} know C{reactor}'s
-    kind by (C{"epoll"}, C{"caret-epoll"}), or L{None} if none does.
+    kind by.
 
     @param reactor: a reactor, installed or not.
+    @return: C{"epoll"}, C{"caret-epoll"}, ...; L{None} if no name does.
     """
     module = type(reactor).__module__
     for installer in getReactorTypes():
