@@ -14,7 +14,9 @@ The rows, each its own process on 127.0.0.1:
   C{transport.write} and with write-at-once: the split between what Twisted
   costs and what caret's own features cost;
 - C{caret} (C{twistd -n caret}, the defaults), C{caret-idle-off}
-  (C{--idle-timeout off}) and C{caret-workers-2} (C{--workers 2}).
+  (C{--idle-timeout off}), C{caret-workers-2} (C{--workers 2}) and
+  C{caret-epoll} (the defaults on caret's own reactor, C{twistd
+  --reactor=caret-epoll}: caretproto/reactor.py).
 
 The figures, driven by benchmarks/cload.c (C, epoll, every reply byte
 checked): the server's CPU time (user and system) per round, the leading
@@ -73,6 +75,7 @@ LABELS = {
     "caret": "twistd -n caret",
     "caret-idle-off": "caret --idle-timeout off",
     "caret-workers-2": "caret --workers 2",
+    "caret-epoll": "twistd --reactor=caret-epoll caret",
 }
 
 HOLD_ROWS = ["caret", "caret-idle-off", "asyncio", "uvloop", "twisted"]
@@ -90,6 +93,7 @@ def commands(quick: bool) -> dict[str, list[str]]:
         "caret": harness.twistdCaret(),
         "caret-idle-off": harness.twistdCaret("--idle-timeout", "off"),
         "caret-workers-2": harness.twistdCaret("--workers", "2"),
+        "caret-epoll": harness.twistdCaret(reactor="caret-epoll"),
     }
     if importlib.util.find_spec("uvloop") is None:
         del rows["uvloop"]

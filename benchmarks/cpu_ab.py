@@ -15,6 +15,10 @@ asyncio server, which shares no code with caretproto;
     python benchmarks/cpu_ab.py main HEAD --reference asyncio -c 1000 --runs 5
     python benchmarks/cpu_ab.py HEAD --reference twisted-write-at-once
     python benchmarks/cpu_ab.py main HEAD --sessions 10000 --runs 3
+    python benchmarks/cpu_ab.py HEAD --reactor caret-epoll -c 1000
+
+With ``--reactor NAME``, each commit's server also runs on that reactor
+(``twistd --reactor=NAME``), as a row of its own, ``COMMIT@NAME``.
 
 With ``--sessions N``, each run is N reference sessions at once
 (``caret-bench -m sessions -c N -P 2``, as benchmarks/compare.py times
@@ -44,8 +48,13 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def checkout(commit: str, folder: Path) -> Path:
-    """C{commit}'s tree, unpacked into a folder of its own under C{folder}."""
+    """
+    C{commit}'s tree, unpacked into a folder of its own under C{folder}
+    (once: a second server of the same commit shares it).
+    """
     tree = folder / commit.replace("/", "_")
+    if tree.exists():
+        return tree
     tree.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(harness.ROOT), "archive", commit],
@@ -56,8 +65,13 @@ def checkout(commit: str, folder: Path) -> Path:
     return tree
 
 
-def startCommit(commit: str, folder: Path) -> harness.Server:
-    """The server of C{commit}'s tree, as C{twistd -n caret} starts it."""
+def startCommit(
+    commit: str, folder: Path, reactor: str | None = None
+) -> harness.Server:
+    """
+    The server of C{commit}'s tree, as C{twistd -n caret} starts it, on
+    twistd's default reactor or on C{reactor}.
+    """
     tree = checkout(commit, folder)
     environment = {**os.environ, "PYTHONPATH": str(tree)}
     # The commit's own code, not the installed one.
@@ -71,8 +85,9 @@ def startCommit(commit: str, folder: Path) -> harness.Server:
     ).stdout.strip()
     if not found.startswith(str(tree)):
         raise SystemExit(f"{commit}: caretproto comes from {found}, not its tree")
-    command = [*TWISTD, *harness.twistdCaret()[1:]]
-    return harness.Server(commit, command, folder, environment=environment, cwd=tree)
+    command = [*TWISTD, *harness.twistdCaret(reactor=reactor)[1:]]
+    name = commit if reactor is None else f"{commit}@{reactor}"
+    return harness.Server(name, command, folder, environment=environment, cwd=tree)
 
 
 def main() -> None:
@@ -87,6 +102,13 @@ def main() -> None:
         default=[],
         metavar="NAME",
         help="also this reference server (asyncio, twisted-write-at-once, ...)",
+    )
+    parse.add_argument(
+        "--reactor",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also each commit's server on this reactor (caret-epoll, ...)",
     )
     parse.add_argument(
         "--sessions",
@@ -122,6 +144,10 @@ def main() -> None:
 def startAll(options: argparse.Namespace, folder: Path) -> dict[str, harness.Server]:
     """Every commit's server, then every reference server, by name."""
     servers = {commit: startCommit(commit, folder) for commit in options.commits}
+    for commit in options.commits:
+        for reactor in options.reactor:
+            server = startCommit(commit, folder, reactor)
+            servers[server.name] = server
     for name in options.reference:
         command = harness.referenceServer(name)
         servers[name] = harness.Server(name, command, folder)

@@ -135,9 +135,14 @@ def cload(
 # Servers under test.
 
 
-def twistdCaret(*options: str) -> list[str]:
-    """The command of C{twistd -n caret} on an ephemeral loopback port."""
+def twistdCaret(*options: str, reactor: str | None = None) -> list[str]:
+    """
+    The command of C{twistd -n caret} on an ephemeral loopback port, on
+    twistd's default reactor or on C{reactor} (C{"caret-epoll"}).
+    """
     twistd = [str(BIN / "twistd"), "-n", "--pidfile="]
+    if reactor is not None:
+        twistd.append(f"--reactor={reactor}")
     return [*twistd, "caret", "--port", "tcp:0:interface=127.0.0.1", *options]
 
 

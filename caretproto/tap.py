@@ -51,7 +51,7 @@ from caretproto.optionchecks import (
 )
 from caretproto.server import CaretFactory
 from caretproto.service import CannotListen, CaretService
-from caretproto.workers import WORKER_FDS, WorkerPool, workerCommand
+from caretproto.workers import WORKER_FDS, WorkerPool, reactorName, workerCommand
 from caretproto.workerside import (
     ADOPTABLE,
     ParentLink,
@@ -513,9 +513,12 @@ def makeService(options: Mapping[str, Any]) -> IService:
     metrics = options.get("metrics")
     if options.get("workers", 1) > 1:
         caret.pauseAccepting("the workers accept")
+        from twisted.internet import reactor
+
         pool = WorkerPool(
             options["workers"],
-            workerCommand(options["argv"]),
+            # Workers run on the reactor the parent was given.
+            workerCommand(options["argv"], reactorName(reactor)),
             caret.shareListening,
             killAfter=2 * caret.shutdownTimeout + WORKERS_KILL_MARGIN,
         )

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.internet import backoffPolicy
+from twisted.application.reactors import Reactor, getReactorTypes
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
@@ -69,26 +70,45 @@ the program itself appears among the user's.
 """
 
 
-def workerCommand(argv: Sequence[str]) -> list[str]:
+def workerCommand(argv: Sequence[str], reactor: str | None = None) -> list[str]:
     """
     The command that starts a worker: the C{caret} command with the parent's
     own options, under C{twist} logging JSON events to its standard output
-    for the parent to relay.  It learns of its inherited sockets from
+    for the parent to relay, on the parent's reactor if C{twist} knows it by
+    a name (L{reactorName}).  It learns of its inherited sockets from
     L{workerEnvironment}.
 
     @param argv: the parent's own C{caret} options, as given.
+    @param reactor: the C{--reactor} name of the parent's reactor, if any.
     @return: the program and its arguments, for C{spawnProcess}.
     """
     return [
         sys.executable,
         "-m",
         "twisted",
+        *([f"--reactor={reactor}"] if reactor is not None else []),
         "--log-format=json",
         "--log-file=-",
         "caret",
         *argv,
         "--workers=1",
     ]
+
+
+def reactorName(reactor: object) -> str | None:
+    """
+    The name C{twistd --reactor} and C{twist --reactor} know C{reactor}'s
+    kind by.
+
+    @param reactor: a reactor, installed or not.
+    @return: C{"epoll"}, C{"caret-epoll"}, ...; L{None} if no name does.
+    """
+    module = type(reactor).__module__
+    for installer in getReactorTypes():
+        # Twisted's and caret's are Reactor plugins, which name their module.
+        if isinstance(installer, Reactor) and installer.moduleName == module:
+            return installer.shortName
+    return None
 
 
 def workerEnvironment(environ: Mapping[str, str], listening: int) -> dict[str, str]:

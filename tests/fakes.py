@@ -60,3 +60,23 @@ def listenedAs(case: SynchronousTestCase, *argv: str) -> list[tuple[Any, ...]]:
     for endpoint in options["endpoints"]:
         endpoint.listen(Factory())
     return memory.tcpServers
+
+
+def unstartedReactor(test: SynchronousTestCase, kind: type[Any]) -> Any:
+    """
+    A reactor of C{kind} (an epoll reactor), never run, whose descriptors
+    (its epoll object and its waker) C{test} closes when it ends.
+    """
+    reactor = kind()
+    poller = reactor._poller
+
+    def close() -> None:
+        # A test may have put a fake in its place.
+        reactor._poller = poller
+        for reader in list(reactor._internalReaders):
+            reactor.removeReader(reader)
+            reader.connectionLost(None)
+        poller.close()
+
+    test.addCleanup(close)
+    return reactor

@@ -94,6 +94,27 @@ class TwistdCaretTests(TestCase):
         self.assertEqual(await client.receivedAtLeast(3), b"*\x00_")
         client.transport.loseConnection()
 
+    async def test_caret_s_reactor_serves_and_its_workers_run_on_it(self) -> None:
+        twistd = Twistd.start(
+            self,
+            "caret",
+            "--port",
+            LOOPBACK,
+            "--workers",
+            "2",
+            runner=[TWISTD, "-n", "--pidfile=", "--reactor=caret-epoll"],
+        )
+        [address] = await twistd.listening
+        pids = {match[2] for match in (await twistd.logged(WORKER_LISTENING, 2))}
+        self.assertIn("reactor class: caretproto.reactor.EPollReactor", twistd.output)
+        for pid in pids:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            self.assertIn(b"--reactor=caret-epoll", command)
+        client = await connect(f"tcp:{address}")
+        client.transport.write(b"^\xff^$")
+        self.assertEqual(await client.receivedAtLeast(3), b"*\x00_")
+        client.transport.loseConnection()
+
     async def test_a_bad_option_is_a_usage_error_not_a_traceback(self) -> None:
         twistd = Twistd.start(self, "caret", "--port", "tcp:notaport")
         await self.assertFailure(twistd.listening, AssertionError)

@@ -44,10 +44,12 @@ from caretproto.workers import (
     WORKER_FDS,
     WorkerPool,
     describeExit,
+    reactorName,
     workerCommand,
     workerEnvironment,
 )
 from caretproto.workerside import ParentLink, adoptable, inheritedEndpoint
+from tests.fakes import unstartedReactor
 from tests.rawclient import RawClient, connect
 from tests.tempfolder import shortTempPath
 
@@ -370,6 +372,26 @@ class HelpersTests(SynchronousTestCase):
         self.assertEqual(
             command[6:], ["--port", "9090", "--workers", "2", "--workers=1"]
         )
+
+    def test_a_worker_runs_on_the_reactor_it_is_given(self) -> None:
+        command = workerCommand(["--port", "9090"], "caret-epoll")
+        self.assertEqual(
+            command[1:5],
+            ["-m", "twisted", "--reactor=caret-epoll", "--log-format=json"],
+        )
+        self.assertEqual(command[6:], ["caret", "--port", "9090", "--workers=1"])
+
+    def test_a_reactor_is_named_as_twist_knows_it(self) -> None:
+        from twisted.internet import epollreactor
+
+        from caretproto import reactor as caretreactor
+
+        for kind, name in [
+            (epollreactor.EPollReactor, "epoll"),
+            (caretreactor.EPollReactor, "caret-epoll"),
+        ]:
+            self.assertEqual(reactorName(unstartedReactor(self, kind)), name)
+        self.assertIsNone(reactorName(object()))
 
     def test_a_worker_is_told_its_inherited_sockets_in_its_environment(
         self,
