@@ -397,11 +397,15 @@ SESSION_MODELS = {
     "asyncio": ("plain asyncio", None),
     "uvloop": ("uvloop", None),
     "caret": ("caret", []),
+    "caret-epoll": ("caret on caret-epoll", []),
     "caret-one": ("caret, 1 at a time", ["--max-connections", "1"]),
 }
 """The concurrency models whose reference sessions are timed, the contrast
 the protocol is for: name, label, and caret's options (C{None}: a reference
 server of that name)."""
+
+SESSION_REACTORS = {"caret-epoll": "caret-epoll"}
+"""The models of caret run on a reactor other than twistd's default."""
 
 CAPACITY = {"sequential": 1, "threadpool": 64, "caret-one": 1}
 """Sessions a model serves at once, where that is fewer than asked."""
@@ -426,7 +430,7 @@ def sessions(folder: Path, quick: bool) -> dict[str, Any]:
     models = {
         name: harness.referenceServer(name)
         if options is None
-        else harness.twistdCaret(*options)
+        else harness.twistdCaret(*options, reactor=SESSION_REACTORS.get(name))
         for name, (_, options) in SESSION_MODELS.items()
         if name != "uvloop" or importlib.util.find_spec("uvloop") is not None
     }
