@@ -2,7 +2,10 @@
 Micro-benchmarks of the caret server protocol, no sockets: L{CaretProtocol} on
 a L{StringTransport}, beside a naive per-byte implementation (kept here only,
 for contrast) and C{bytes.translate} alone, the yardstick of the work that
-cannot be avoided.
+cannot be avoided.  And what a reactor costs to hand a ready socket to its
+transport: one poll of 1,000 ready descriptors (a fake C{epoll}, reads that
+do nothing), on Twisted's epoll reactor and on caret's
+(L{caretproto.reactor}).
 
 Run them with::
 
@@ -20,11 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import epollreactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from caretproto import reactor as caretreactor
 from caretproto.proxy import ProxyProtocolFactory, TrustedProxies
 from caretproto.rules import MSG_END, MSG_START, State
 from caretproto.server import CaretFactory, CaretProtocol
@@ -175,6 +180,65 @@ def test_caret_16_byte_messages_4096_per_64k_read(benchmark: Any) -> None:
     data = MESSAGE * (READ_SIZE // len(MESSAGE))
     benchmark(reads(protocol, transport, data))
     record(benchmark, "messages/s", READ_SIZE // len(MESSAGE))
+
+
+READY = 1000
+"""Descriptors ready in each poll of the dispatch benchmarks."""
+
+
+class ReadyPoller:
+    """An C{epoll} with every descriptor ready for reading, every time."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self.events = [(fd, epollreactor.EPOLLIN) for fd in fds]
+
+    def poll(self, timeout: float, most: int) -> list[tuple[int, int]]:
+        return self.events
+
+
+class IdleTransport:
+    """What a reactor asks of a TCP transport, with a read that reads nothing."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.logstr = f"CaretProtocol,{fd},127.0.0.1"
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return self.logstr
+
+    def doRead(self) -> None:
+        return None
+
+
+def dispatch(benchmark: Any, kind: type[epollreactor.EPollReactor]) -> None:
+    """One poll of L{READY} ready descriptors, on a reactor of C{kind}."""
+    reactor = kind()
+    poller = reactor._poller
+    fds = list(range(1000, 1000 + READY))
+    for fd in fds:
+        reactor._selectables[fd] = IdleTransport(fd)
+    reactor._poller = ReadyPoller(fds)
+    try:
+        benchmark(reactor.doPoll, 0)
+    finally:
+        reactor._poller = poller
+        reactor._selectables.clear()
+        for reader in list(reactor._internalReaders):
+            reactor.removeReader(reader)
+            reader.connectionLost(None)
+        poller.close()
+    record(benchmark, "events/s", READY)
+
+
+def test_dispatch_1000_ready_on_twisted_s_epoll_reactor(benchmark: Any) -> None:
+    dispatch(benchmark, epollreactor.EPollReactor)
+
+
+def test_dispatch_1000_ready_on_caret_epoll(benchmark: Any) -> None:
+    dispatch(benchmark, caretreactor.EPollReactor)
 
 
 if __name__ == "__main__":
