@@ -225,7 +225,8 @@ def dispatch(benchmark: Any, kind: type[epollreactor.EPollReactor]) -> None:
         benchmark(reactor.doPoll, 0)
     finally:
         reactor._poller = poller
-        reactor._selectables.clear()
+        for fd in fds:
+            del reactor._selectables[fd]
         for reader in list(reactor._internalReaders):
             reactor.removeReader(reader)
             reader.connectionLost(None)
