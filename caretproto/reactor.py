@@ -62,7 +62,7 @@ class EPollReactor(epollreactor.EPollReactor):
         """
         Poll for events and dispatch each, as Twisted's C{doPoll} does.
 
-        @param timeout: seconds to wait at most; L{None} to wait until an
+        @param timeout: seconds to wait at most; C{None} to wait until an
             event comes.
         """
         tracker = context.theContextTracker

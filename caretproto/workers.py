@@ -101,7 +101,7 @@ def reactorName(reactor: object) -> str | None:
     kind by.
 
     @param reactor: a reactor, installed or not.
-    @return: C{"epoll"}, C{"caret-epoll"}, ...; L{None} if no name does.
+    @return: C{"epoll"}, C{"caret-epoll"}, ...; C{None} if no name does.
     """
     module = type(reactor).__module__
     for installer in getReactorTypes():

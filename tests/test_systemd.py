@@ -7,8 +7,10 @@ over (C{LISTEN_FDS}, C{LISTEN_FDNAMES}, C{LISTEN_PID}, descriptors from 3 on).
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,15 +34,31 @@ def listeningSocket() -> socket.socket:
     return listening
 
 
+UNIT = Path(__file__).resolve().parent.parent / "contrib" / "systemd" / "caret.service"
+
+
+def unitCommand() -> list[str]:
+    """The service unit's C{ExecStart}, split as systemd splits it."""
+    text = UNIT.read_text().replace("\\\n", " ")
+    [line] = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    return shlex.split(line.removeprefix("ExecStart="))
+
+
+def unitTwistdOptions() -> list[str]:
+    """The unit's options for twistd itself, before C{caret}'s own."""
+    command = unitCommand()
+    return command[1 : command.index("caret")]
+
+
 # systemd sets LISTEN_PID to the pid of the process it starts; the shell sets
-# it to its own, which exec hands on to twistd.
+# it to its own, which exec hands on to twistd.  twistd's own options are
+# the service unit's.
 _SYSTEMD_LIKE = [
     "/bin/sh",
     "-c",
     'LISTEN_PID=$$ exec "$0" "$@"',
     TWISTD,
-    "-n",
-    "--pidfile=",
+    *unitTwistdOptions(),
 ]
 
 
@@ -107,6 +125,15 @@ class SocketActivationTests(TestCase):
         self.assertEqual(await twistd.ended, -signal.SIGTERM)
         self.assertNotIn("Traceback", twistd.output)
 
+    def test_these_tests_run_twistd_as_the_service_unit_does(self) -> None:
+        command = unitCommand()
+        self.assertEqual(Path(command[0]).name, "twistd")
+        self.assertEqual(
+            unitTwistdOptions(), ["--nodaemon", "--pidfile=", "--reactor=caret-epoll"]
+        )
+        caret = command[command.index("caret") + 1 :]
+        self.assertEqual(caret[:2], ["--port", "systemd:domain=INET:index=0"])
+
     async def test_twistd_serves_the_sockets_it_inherits(self) -> None:
         caret, metrics = listeningSocket(), listeningSocket()
         caretPort = caret.getsockname()[1]
@@ -147,6 +174,8 @@ class SocketActivationTests(TestCase):
         self.assertEqual(found["caret_connections_total"], 1)
         self.assertEqual(found["caret_messages_total"], 4)
         self.assertEqual(found["caret_bytes_sent_total"], len(WORKED_EXAMPLE_ANSWER))
+        # On the reactor the unit chooses.
+        self.assertIn("reactor class: caretproto.reactor.EPollReactor", twistd.output)
 
         twistd.signal(signal.SIGTERM)
         # twistd shuts down cleanly, then ends by the signal that stopped it,
