@@ -89,6 +89,10 @@ class TwistdCaretTests(TestCase):
             runner=[TWIST, "--log-format", "text"],
         )
         [address] = await twistd.listening
+        await self.oneRound(address)
+
+    async def oneRound(self, address: str) -> None:
+        """Greeted, one message answered, at C{address}."""
         client = await connect(f"tcp:{address}")
         client.transport.write(b"^\xff^$")
         self.assertEqual(await client.receivedAtLeast(3), b"*\x00_")
@@ -110,10 +114,7 @@ class TwistdCaretTests(TestCase):
         for pid in pids:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             self.assertIn(b"--reactor=caret-epoll", command)
-        client = await connect(f"tcp:{address}")
-        client.transport.write(b"^\xff^$")
-        self.assertEqual(await client.receivedAtLeast(3), b"*\x00_")
-        client.transport.loseConnection()
+        await self.oneRound(address)
 
     async def test_a_bad_option_is_a_usage_error_not_a_traceback(self) -> None:
         twistd = Twistd.start(self, "caret", "--port", "tcp:notaport")
