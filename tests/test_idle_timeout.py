@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import random
 import socket
+from collections.abc import Callable
+from functools import partial
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
@@ -50,6 +52,22 @@ def wait(clock: Clock, seconds: float) -> None:
     clock.advance(0)
 
 
+def assertEndsAtTimeout(
+    test: TestCase,
+    ended: Callable[[], bool],
+    advance: Callable[[float], object],
+    ticks: int = 1,
+) -> None:
+    """
+    Time passing with C{advance}: the session has not C{ended} just before
+    L{TIMEOUT} from now, and has within C{ticks} ticks after it.
+    """
+    advance(TIMEOUT - 0.01)
+    test.assertFalse(ended())
+    advance(ticks * TICK)
+    test.assertTrue(ended())
+
+
 class IdleTimeoutTests(TestCase):
     def setUp(self) -> None:
         self.factory, self.clock = clockedFactory()
@@ -74,10 +92,11 @@ class IdleTimeoutTests(TestCase):
         session, transport = connect(self.factory)
         wait(self.clock, 4)
         session.dataReceived(b"x")
-        wait(self.clock, 4.99)
-        self.assertFalse(transport.disconnecting)
-        wait(self.clock, TICK)
-        self.assertTrue(transport.disconnecting)
+        assertEndsAtTimeout(
+            self,
+            lambda: transport.disconnecting,
+            partial(wait, self.clock),
+        )
 
     def test_a_read_counts_from_the_next_tick(self) -> None:
         """
@@ -133,11 +152,13 @@ class IdleTimeoutTests(TestCase):
             wait(self.clock, 0.5)
             session.dataReceived(b"^a$")
             self.assertLessEqual(len(self.clock.getDelayedCalls()), 1)
-        wait(self.clock, 4.99)
-        self.assertFalse(transport.disconnecting)
         # The last read was at a tick's time, so counted from the next one.
-        wait(self.clock, 2 * TICK)
-        self.assertTrue(transport.disconnecting)
+        assertEndsAtTimeout(
+            self,
+            lambda: transport.disconnecting,
+            partial(wait, self.clock),
+            ticks=2,
+        )
 
     def test_slow_client_that_keeps_sending_is_never_closed(self) -> None:
         session, transport = connect(self.factory)
@@ -198,10 +219,9 @@ class IdleTimeoutTests(TestCase):
         self.clock.advance(4)
         first.connectionLost()
         self.assertEqual(heldTransport.value(), GREETING)
-        self.clock.advance(4.99)
-        self.assertFalse(heldTransport.disconnecting)
-        self.clock.advance(TICK)
-        self.assertTrue(heldTransport.disconnecting)
+        assertEndsAtTimeout(
+            self, lambda: heldTransport.disconnecting, self.clock.advance
+        )
 
 
 class PausedTests(TestCase):
@@ -239,10 +259,7 @@ class PausedTests(TestCase):
     ) -> None:
         self.wait(2)
         self.pause()
-        self.wait(4.99)
-        self.assertFalse(self.transport._aborting)
-        self.wait(TICK)
-        self.assertTrue(self.transport._aborting)
+        assertEndsAtTimeout(self, lambda: self.transport._aborting, self.wait)
         self.assertIn(
             "127.0.0.1:40000 did not take its replies for 5.0s while its "
             f"reading was paused: aborting with {self.transport.bufferSize + 1} "
@@ -265,10 +282,7 @@ class PausedTests(TestCase):
         self.pause()
         self.wait(4.5)
         self.take(100)
-        self.wait(4.99)
-        self.assertFalse(self.transport._aborting)
-        self.wait(2 * TICK)
-        self.assertTrue(self.transport._aborting)
+        assertEndsAtTimeout(self, lambda: self.transport._aborting, self.wait, ticks=2)
 
     def test_a_session_resumed_counts_idle_time_from_the_resume(self) -> None:
         """
@@ -279,10 +293,7 @@ class PausedTests(TestCase):
         self.wait(4)
         self.take(10**9)
         self.assertFalse(self.session.paused)
-        self.wait(4.99)
-        self.assertFalse(self.transport.disconnecting)
-        self.wait(TICK)
-        self.assertTrue(self.transport.disconnecting)
+        assertEndsAtTimeout(self, lambda: self.transport.disconnecting, self.wait)
         self.assertFalse(self.transport._aborting)
 
     def test_a_paused_session_is_sampled_each_tick_and_no_more(self) -> None:
@@ -375,10 +386,7 @@ class ReleaseTests(TestCase):
     ) -> None:
         self.owe(3)
         self.wait(TIMEOUT + TICK)
-        self.wait(4.99)
-        self.assertFalse(self.transport._aborting)
-        self.wait(TICK)
-        self.assertTrue(self.transport._aborting)
+        assertEndsAtTimeout(self, lambda: self.transport._aborting, self.wait)
         self.assertIn(
             "127.0.0.1:40000 did not take its replies for 5.0s after being "
             "closed for idleness: aborting with 3 bytes unsent",
@@ -481,10 +489,7 @@ class WheelTests(TestCase):
         _session, transport = connect(self.factory)
         self.clock.advance(1000)
         self.factory.idleTimeout = TIMEOUT
-        self.clock.advance(4.99)
-        self.assertFalse(transport.disconnecting)
-        self.clock.advance(TICK)
-        self.assertTrue(transport.disconnecting)
+        assertEndsAtTimeout(self, lambda: transport.disconnecting, self.clock.advance)
 
     def test_reads_are_counted_once_the_timeout_is_turned_on(self) -> None:
         """
@@ -497,10 +502,11 @@ class WheelTests(TestCase):
         self.factory.idleTimeout = TIMEOUT
         wait(self.clock, 4)
         session.dataReceived(b"b")
-        wait(self.clock, 4.99)
-        self.assertFalse(transport.disconnecting)
-        wait(self.clock, TICK)
-        self.assertTrue(transport.disconnecting)
+        assertEndsAtTimeout(
+            self,
+            lambda: transport.disconnecting,
+            partial(wait, self.clock),
+        )
 
     def test_a_stopped_service_leaves_no_timer(self) -> None:
         service = CaretService([], self.factory)
